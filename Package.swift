@@ -1,0 +1,39 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "msgen",
+    products: [
+        // What other Swift packages depend on: the file format and the kernels today,
+        // the models and the generator as they land.
+        .library(name: "MSGen", targets: ["MSFormat", "MSKernels"]),
+        .executable(name: "msgen", targets: ["msgen"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.19"),
+    ],
+    targets: [
+        // System libraries: module maps only, linked through pkg-config.
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+
+        .target(
+            name: "MSFormat",
+            dependencies: ["CZstd", .product(name: "ZIPFoundation", package: "ZIPFoundation")],
+            exclude: ["FORMAT.md"]
+        ),
+        .target(name: "MSKernels", dependencies: ["CBLAS"]),
+        .executableTarget(
+            name: "msgen",
+            dependencies: ["MSFormat", "MSKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(
+            name: "MSFormatTests",
+            dependencies: ["MSFormat", "MSKernels", "msgen"]
+        ),
+    ],
+    // Swift 5 mode: the kernels share raw buffers across threads by design (disjoint
+    // ranges per worker), which Swift 6's checker cannot see.
+    swiftLanguageModes: [.v5]
+)

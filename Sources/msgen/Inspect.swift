@@ -1,0 +1,89 @@
+import ArgumentParser
+import Foundation
+import MSFormat
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show what a .msz model file holds: architecture, config, tokenizer, tensors."
+    )
+
+    @Argument(help: "The .msz model file.")
+    var model: String
+
+    @Flag(help: "Print one JSON object instead of text.")
+    var json = false
+
+    @Flag(help: "Decompress every tensor and check every checksum.")
+    var verify = false
+
+    func run() throws {
+        let file = try MSZFile(path: model)
+        let config = try ModelConfig(json: file.config)
+        if verify { _ = try file.load() }
+        let stored = file.tensors.reduce(0) { $0 + $1.storedBytes }
+        let raw = file.tensors.reduce(0) { $0 + $1.rawBytes }
+        let params = file.tensors.reduce(0) { $0 + (elementCount($1.shape) ?? 0) }
+        let tok = TokenizerSummary(file.tokenizerJSON)
+
+        if json {
+            var o: [String: JSONValue] = [
+                "file": .string(model), "architecture": .string(file.architecture), "config": file.config,
+                "file_bytes": .number(Double(file.fileSize)), "stored_bytes": .number(Double(stored)),
+                "raw_bytes": .number(Double(raw)), "parameters": .number(Double(params)),
+                "provenance": .object(file.provenance), "tokenizer": tok.json,
+                "tensors": .array(file.tensors.map { t in
+                    .object(["name": .string(t.name), "dtype": .string(t.dtype.rawValue),
+                             "shape": .array(t.shape.map { .number(Double($0)) }),
+                             "stored_bytes": .number(Double(t.storedBytes)), "raw_bytes": .number(Double(t.rawBytes))])
+                }),
+            ]
+            if verify { o["verified"] = .bool(true) }
+            print(JSONValue.object(o).compactText)
+            return
+        }
+        print("\(model): \(file.architecture), \(params.formatted()) parameters in \(file.tensors.count) tensors")
+        print(String(format: "  %@ on disk, %@ of tensor data, compression %.2fx", humanBytes(file.fileSize), humanBytes(raw),
+                     Double(raw) / Double(max(stored, 1))))
+        print("config:")
+        for (k, v) in (file.config.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) { print("  \(k): \(v.compactText)") }
+        if config.architecture == .cstDecoder {
+            print("  (context \(config.context) tokens = \(config.maxSlices) slices × \(config.sliceLength); left extension \(config.leftExtension))")
+        }
+        print("tokenizer: \(tok.text)")
+        print("provenance:")
+        for (k, v) in file.provenance.sorted(by: { $0.key < $1.key }) { print("  \(k): \(v.stringValue ?? v.compactText)") }
+        print("tensors:")
+        let w = file.tensors.map(\.name.count).max() ?? 4
+        for t in file.tensors {
+            let name = t.name.padding(toLength: w, withPad: " ", startingAt: 0)
+            let shape = shapeString(t.shape).padding(toLength: 14, withPad: " ", startingAt: 0)
+            print(String(format: "  %@  %-4@  %@  %10@  raw %10@  %.2fx", name, t.dtype.rawValue, shape,
+                         humanBytes(t.storedBytes), humanBytes(t.rawBytes), Double(t.rawBytes) / Double(t.storedBytes)))
+        }
+        if verify { print("verified: all \(file.tensors.count) tensors decompress and match their checksums") }
+    }
+}
+
+/// A few facts about an embedded tokenizer.json, for display.
+struct TokenizerSummary {
+    var text = "none"
+    var json: JSONValue = .null
+
+    init(_ tokenizerJSON: String?) {
+        guard let s = tokenizerJSON, let obj = try? JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any],
+              let model = obj["model"] as? [String: Any] else { return }
+        let type = model["type"] as? String ?? "?"
+        let vocab = (model["vocab"] as? [String: Any])?.count ?? 0
+        let merges = (model["merges"] as? [Any])?.count ?? 0
+        let added = (obj["added_tokens"] as? [[String: Any]]) ?? []
+        let special = added.compactMap { t -> String? in
+            guard let c = t["content"] as? String, let id = t["id"] as? Int else { return nil }
+            return "\(c)=\(id)"
+        }
+        let pre = (obj["pre_tokenizer"] as? [String: Any])?["type"] as? String ?? "none"
+        text = "\(type), \(vocab) tokens, \(merges) merges, pre-tokenizer \(pre)"
+            + (special.isEmpty ? "" : ", special \(special.joined(separator: " "))")
+        json = .object(["type": .string(type), "vocab": .number(Double(vocab)), "merges": .number(Double(merges)),
+                        "pre_tokenizer": .string(pre), "special": .array(special.map { .string($0) })])
+    }
+}
