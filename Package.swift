@@ -6,7 +6,7 @@ let package = Package(
     products: [
         // What other Swift packages depend on: the file format and the kernels today,
         // the models and the generator as they land.
-        .library(name: "MSGen", targets: ["MSFormat", "MSKernels"]),
+        .library(name: "MSGen", targets: ["MSFormat", "MSKernels", "MSModels"]),
         .executable(name: "msgen", targets: ["msgen"]),
     ],
     dependencies: [
@@ -24,10 +24,12 @@ let package = Package(
             exclude: ["FORMAT.md"]
         ),
         .target(name: "MSKernels", dependencies: ["CBLAS"]),
+        .target(name: "MSModels", dependencies: ["MSFormat", "MSKernels"]),
         .executableTarget(
             name: "msgen",
-            dependencies: ["MSFormat", "MSKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["MSFormat", "MSKernels", "MSModels", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        .testTarget(name: "MSModelsTests", dependencies: ["MSModels", "MSFormat"]),
         .testTarget(
             name: "MSFormatTests",
             dependencies: ["MSFormat", "MSKernels", "msgen"]

@@ -9,7 +9,12 @@ public final class TensorStorage: @unchecked Sendable {
     public let bytes: UnsafeMutableRawBufferPointer
 
     public init(byteCount: Int) {
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: TensorStorage.alignment)
+        // Large tensors go on 2 MiB pages: faulting in 4 KiB pages one by one costs as much
+        // as decompressing them.
+        let huge = 1 << 21
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1),
+                                                   alignment: byteCount >= 2 * huge ? huge : TensorStorage.alignment)
+        if byteCount >= 2 * huge { madvise(raw, byteCount & ~(huge - 1), MADV_HUGEPAGE) }
         bytes = UnsafeMutableRawBufferPointer(start: raw, count: byteCount)
     }
     deinit { bytes.baseAddress.map { $0.deallocate() } }

@@ -75,12 +75,15 @@ enum BytePlanes {
         forEachBlock(count: buf.count, elementSize: s) { start, n in
             let b = buf.baseAddress!.assumingMemoryBound(to: UInt8.self) + start
             scratch.update(from: b, count: n * s)
-            switch s {  // the common widths get loops the compiler can vectorise
-            case 2: for i in 0..<n { b[2 * i] = scratch[i]; b[2 * i + 1] = scratch[n + i] }
+            switch s {  // the common widths as whole-word loops, which the compiler vectorises
+            case 2:
+                let out = UnsafeMutableRawPointer(b).assumingMemoryBound(to: UInt16.self)
+                for i in 0..<n { out[i] = UInt16(scratch[i]) | UInt16(scratch[n + i]) << 8 }
             case 4:
+                let out = UnsafeMutableRawPointer(b).assumingMemoryBound(to: UInt32.self)
                 for i in 0..<n {
-                    b[4 * i] = scratch[i]; b[4 * i + 1] = scratch[n + i]
-                    b[4 * i + 2] = scratch[2 * n + i]; b[4 * i + 3] = scratch[3 * n + i]
+                    out[i] = UInt32(scratch[i]) | UInt32(scratch[n + i]) << 8
+                        | UInt32(scratch[2 * n + i]) << 16 | UInt32(scratch[3 * n + i]) << 24
                 }
             default: for p in 0..<s { for i in 0..<n { b[i * s + p] = scratch[p * n + i] } }
             }

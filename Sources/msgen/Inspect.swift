@@ -19,7 +19,9 @@ struct Inspect: ParsableCommand {
     func run() throws {
         let file = try MSZFile(path: model)
         let config = try ModelConfig(json: file.config)
+        let started = Date()
         if verify { _ = try file.load() }
+        let loadSeconds = Date().timeIntervalSince(started)
         let stored = file.tensors.reduce(0) { $0 + $1.storedBytes }
         let raw = file.tensors.reduce(0) { $0 + $1.rawBytes }
         let params = file.tensors.reduce(0) { $0 + (elementCount($1.shape) ?? 0) }
@@ -37,7 +39,7 @@ struct Inspect: ParsableCommand {
                              "stored_bytes": .number(Double(t.storedBytes)), "raw_bytes": .number(Double(t.rawBytes))])
                 }),
             ]
-            if verify { o["verified"] = .bool(true) }
+            if verify { o["verified"] = .bool(true); o["load_seconds"] = .number(loadSeconds) }
             print(JSONValue.object(o).compactText)
             return
         }
@@ -60,7 +62,10 @@ struct Inspect: ParsableCommand {
             print(String(format: "  %@  %-4@  %@  %10@  raw %10@  %.2fx", name, t.dtype.rawValue, shape,
                          humanBytes(t.storedBytes), humanBytes(t.rawBytes), Double(t.rawBytes) / Double(t.storedBytes)))
         }
-        if verify { print("verified: all \(file.tensors.count) tensors decompress and match their checksums") }
+        if verify {
+            print(String(format: "verified: all %d tensors decompress and match their checksums (%@ in %.3f s, %.2f GB/s)",
+                         file.tensors.count, humanBytes(raw), loadSeconds, Double(raw) / loadSeconds / 1e9))
+        }
     }
 }
 

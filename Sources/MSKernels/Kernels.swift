@@ -1,0 +1,128 @@
+import CBLAS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The numeric kernels of msgen: every BLAS call and every hand-vectorised loop lives
+/// here, behind plain pointer functions, so that the models read as the math and the one
+/// place to tune is small. Float32 throughout; matrices are row-major.
+public enum Kernels {
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n]): a PyTorch Linear on m rows at once.
+    /// Rows of x and y may be strided (`xStride`, `yStride` ≥ k, n).
+    public static func linear(
+        _ x: UnsafePointer<Float>, rows m: Int, in k: Int, xStride: Int? = nil,
+        weight w: UnsafePointer<Float>, out n: Int, bias: UnsafePointer<Float>?,
+        into y: UnsafeMutablePointer<Float>, yStride: Int? = nil, accumulate: Bool = false
+    ) {
+        let lx = xStride ?? k, ly = yStride ?? n
+        var beta: Float = accumulate ? 1 : 0
+        if let bias {
+            for r in 0..<m { add(bias, into: y + r * ly, count: n, overwrite: !accumulate) }
+            beta = 1
+        }
+        if m == 1 {
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(k), 1, w, Int32(k), x, 1, beta, y, 1)
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
+                        1, x, Int32(lx), w, Int32(k), beta, y, Int32(ly))
+        }
+    }
+
+    /// y += x (or y = x when `overwrite`).
+    @inline(__always)
+    public static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count n: Int, overwrite: Bool = false) {
+        if overwrite { y.update(from: x, count: n); return }
+        for i in 0..<n { y[i] += x[i] }
+    }
+
+    /// out = x + y, element-wise.
+    @inline(__always)
+    public static func sum(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, count n: Int) {
+        for i in 0..<n { out[i] = x[i] + y[i] }
+    }
+
+    /// Σ a[i]·b[i], in 16 lanes (a plain loop would not vectorise: float addition is not
+    /// associative, so the compiler keeps its order).
+    @inline(__always)
+    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count n: Int) -> Float {
+        var acc = SIMD16<Float>()
+        var i = 0
+        while i + 16 <= n {
+            let va = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
+            let vb = UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
+            acc.addProduct(va, vb)
+            i += 16
+        }
+        var s = acc.sum()
+        while i < n { s += a[i] * b[i]; i += 1 }
+        return s
+    }
+
+    /// LayerNorm of each of `rows` rows of `dim` values: (x − mean)/√(var + eps)·w + b.
+    public static func layerNorm(
+        _ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+        eps: Float, into y: UnsafeMutablePointer<Float>
+    ) {
+        for r in 0..<rows {
+            let xr = x + r * dim, yr = y + r * dim
+            var mean: Float = 0
+            for i in 0..<dim { mean += xr[i] }
+            mean /= Float(dim)
+            var variance: Float = 0
+            for i in 0..<dim { let d = xr[i] - mean; variance += d * d }
+            let inv = 1 / (variance / Float(dim) + eps).squareRoot()
+            for i in 0..<dim { yr[i] = (xr[i] - mean) * inv * weight[i] + bias[i] }
+        }
+    }
+
+    /// Exact GELU, x·Φ(x), in place.
+    public static func gelu(_ x: UnsafeMutablePointer<Float>, count n: Int) {
+        for i in 0..<n { let v = x[i]; x[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752)) }
+    }
+
+    /// GELU's tanh approximation (GPT-2's), in place.
+    public static func geluTanh(_ x: UnsafeMutablePointer<Float>, count n: Int) {
+        for i in 0..<n {
+            let v = x[i]
+            x[i] = 0.5 * v * (1 + tanhf(0.79788456080286536 * (v + 0.044715 * v * v * v)))
+        }
+    }
+
+    public static func relu(_ x: UnsafeMutablePointer<Float>, count n: Int) {
+        for i in 0..<n { x[i] = max(x[i], 0) }
+    }
+
+    /// Softmax in place, with the maximum subtracted first so exp never overflows.
+    public static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) {
+        var m = -Float.infinity
+        for i in 0..<n { m = max(m, x[i]) }
+        var s: Float = 0
+        for i in 0..<n { x[i] = expf(x[i] - m); s += x[i] }
+        let inv = 1 / s
+        for i in 0..<n { x[i] *= inv }
+    }
+
+    /// One head of attention: out[dh] = Σ_j softmax_j(q·k_j · scale) · v_j over n keys.
+    /// Keys and values are rows `keyStride` / `valueStride` apart; `scores` holds n floats.
+    /// With n = 0 the output is zero (nothing to attend to).
+    public static func attend(
+        query q: UnsafePointer<Float>, keys: UnsafePointer<Float>, keyStride: Int,
+        values: UnsafePointer<Float>, valueStride: Int, count n: Int, headDim dh: Int, scale: Float,
+        scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
+    ) {
+        out.update(repeating: 0, count: dh)
+        guard n > 0 else { return }
+        for j in 0..<n { scores[j] = dot(q, keys + j * keyStride, count: dh) * scale }
+        softmax(scores, count: n)
+        for j in 0..<n {
+            let p = scores[j], v = values + j * valueStride
+            for d in 0..<dh { out[d] += p * v[d] }
+        }
+    }
+
+    /// The number of threads OpenBLAS uses.
+    public static var threads: Int {
+        get { Int(openblas_get_num_threads()) }
+        set { openblas_set_num_threads(Int32(newValue)) }
+    }
+}

@@ -1,0 +1,91 @@
+import Foundation
+import Testing
+import MSFormat
+@testable import MSModels
+
+/// A golden fixture of tools/msgen_tools/make_fixtures.py: a checkpoint, token ids and the
+/// PyTorch reference's logits (computed in float64 from the same f32 weights).
+struct Golden {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/golden")
+    let name: String
+    let config: ModelConfig
+    let tensors: [String: Tensor]
+    let ids: [Int]
+    let logits: [Float]  // [T, V] or [labels]
+    let probs: [Float]
+
+    init(_ name: String) throws {
+        self.name = name
+        let dir = Self.root.appendingPathComponent(name).path
+        let ckpt = try Checkpoint.load(path: dir)
+        try ckpt.validate()
+        config = ckpt.config
+        tensors = Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) })
+        let g = Dictionary(uniqueKeysWithValues: try Safetensors.read(path: dir + "/golden.safetensors").map { ($0.name, $0.tensor) })
+        ids = g["input_ids"]!.ints()
+        logits = g["logits"]!.floats()
+        probs = g["probs"]?.floats() ?? []
+    }
+
+    static func names(prefix: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []).filter { $0.hasPrefix(prefix) }.sorted()
+    }
+}
+
+/// Largest |a − b| relative to max(1, |b|).
+func maxError(_ a: ArraySlice<Float>, _ b: ArraySlice<Float>) -> Float {
+    zip(a, b).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
+}
+
+struct CSTDecoderTests {
+    static let fixtures = Golden.names(prefix: "cst_")
+
+    @Test func fixturesExist() { #expect(Self.fixtures.count >= 5) }
+
+    /// The batched forward equals the PyTorch reference at every position in the context.
+    @Test(arguments: fixtures)
+    func batchedForwardMatchesReference(_ name: String) throws {
+        let g = try Golden(name)
+        let model = try CSTDecoder(config: g.config, tensors: g.tensors)
+        let T = min(g.ids.count, g.config.context), V = g.config.vocabSize
+        let logits = try model.prefill(Array(g.ids[0..<T]), cache: model.makeCache(), logitsFor: 0..<T)
+        #expect(maxError(logits[...], g.logits[0..<(T * V)]) < 1e-4)
+    }
+
+    /// Prefill k tokens then decode the rest one by one: every position equals the
+    /// reference, for every k from 0 to the context (and, past it, the §1 rolling rule).
+    @Test(arguments: fixtures)
+    func prefillThenDecodeMatchesReference(_ name: String) throws {
+        let g = try Golden(name)
+        let model = try CSTDecoder(config: g.config, tensors: g.tensors)
+        let T = g.ids.count, V = g.config.vocabSize
+        for k in 0...min(T, g.config.context) {
+            let cache = model.makeCache()
+            var logits = try model.prefill(Array(g.ids[0..<k]), cache: cache, logitsFor: 0..<k)
+            for i in k..<T { logits += model.step(g.ids[i], cache: cache) }
+            let err = maxError(logits[...], g.logits[0..<(T * V)])
+            #expect(err < 1e-4, "k = \(k): max error \(err)")
+        }
+    }
+
+    /// The cache does not grow with the number of tokens.
+    @Test func cacheIsBounded() throws {
+        let g = try Golden("cst_a2_shared_untied_past_context")
+        let model = try CSTDecoder(config: g.config, tensors: g.tensors)
+        let cache = model.makeCache()
+        let N = g.config.context
+        for i in 0..<N { _ = model.step(g.ids[i % g.ids.count], cache: cache) }
+        let atN = cache.byteCount
+        for i in 0..<(9 * N) { _ = model.step(g.ids[i % g.ids.count], cache: cache) }
+        #expect(cache.position == 10 * N)
+        #expect(cache.byteCount == atN)
+    }
+
+    @Test func promptLongerThanContextIsAnError() throws {
+        let g = try Golden("cst_a1_shared_tied_gelu")
+        let model = try CSTDecoder(config: g.config, tensors: g.tensors)
+        let ids = [Int](repeating: 1, count: g.config.context + 1)
+        #expect { _ = try model.prefill(ids, cache: model.makeCache(), logitsFor: 0..<1) } throws: { "\($0)".contains("context") }
+    }
+}
