@@ -1,0 +1,1 @@
+"""msgen-tools: reference models, training and fixtures for the msgen Swift runtime."""
