@@ -6,7 +6,7 @@ let package = Package(
     products: [
         // What other Swift packages depend on: the file format and the kernels today,
         // the models and the generator as they land.
-        .library(name: "MSGen", targets: ["MSFormat", "MSKernels", "MSModels"]),
+        .library(name: "MSGen", targets: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen"]),
         .executable(name: "msgen", targets: ["msgen"]),
     ],
     dependencies: [
@@ -24,16 +24,20 @@ let package = Package(
             exclude: ["FORMAT.md"]
         ),
         .target(name: "MSKernels", dependencies: ["CBLAS"]),
+        .target(name: "MSTokenizer", dependencies: ["MSFormat"]),
         .target(name: "MSModels", dependencies: ["MSFormat", "MSKernels"]),
+        .target(name: "MSGen", dependencies: ["MSFormat", "MSModels", "MSTokenizer"]),
         .executableTarget(
             name: "msgen",
-            dependencies: ["MSFormat", "MSKernels", "MSModels", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "MSModelsTests", dependencies: ["MSModels", "MSFormat"]),
+        .testTarget(name: "MSGenTests", dependencies: ["MSGen", "MSModels", "MSFormat", "MSTokenizer", "msgen"]),
         .testTarget(
             name: "MSFormatTests",
             dependencies: ["MSFormat", "MSKernels", "msgen"]
         ),
+        .testTarget(name: "MSTokenizerTests", dependencies: ["MSTokenizer"]),
     ],
     // Swift 5 mode: the kernels share raw buffers across threads by design (disjoint
     // ranges per worker), which Swift 6's checker cannot see.

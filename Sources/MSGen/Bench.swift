@@ -1,0 +1,69 @@
+import Foundation
+import MSModels
+
+/// llama-bench style measurements of a decoder, with tokenisation and sampling left out:
+/// prefill throughput and per-token decode latency at several context depths.
+public struct Bench {
+    public struct Stat: Sendable {
+        public let median: Double, min: Double, max: Double
+        init(_ xs: [Double]) {
+            let s = xs.sorted()
+            median = s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+            min = s.first!; max = s.last!
+        }
+    }
+
+    public struct Prefill: Sendable { public let tokens: Int; public let seconds: Stat }
+    public struct Decode: Sendable { public let depth: Int; public let secondsPerToken: Stat; public let cacheBytes: Int }
+
+    public let model: LanguageModel
+    public var repetitions = 3
+    /// Tokens timed per decode measurement.
+    public var decodeTokens = 32
+
+    public init(model: LanguageModel) { self.model = model }
+
+    /// Deterministic token ids, so runs compare like with like.
+    func tokens(_ n: Int, offset: Int = 0) -> [Int] {
+        let v = model.config.vocabSize
+        return (0..<n).map { (($0 + offset) &* 2_654_435_761) % v }
+    }
+
+    /// Seconds to prefill `n` tokens (n ≤ the context) in one batched pass.
+    public func prefill(_ n: Int) throws -> Prefill {
+        let ids = tokens(n)
+        var times: [Double] = []
+        for _ in 0..<repetitions {
+            let start = Date()
+            _ = try model.prefill(ids, cache: model.makeCache(), logitsFor: (n - 1)..<n)
+            times.append(Date().timeIntervalSince(start))
+        }
+        return Prefill(tokens: n, seconds: Stat(times))
+    }
+
+    /// Seconds per decoded token once `depth` tokens are in the cache. Depths past the
+    /// context are reached by decoding (prefill fills at most the context).
+    public func decode(depth: Int) throws -> Decode {
+        let cache = model.makeCache()
+        let start = min(depth, model.config.context)
+        if start > 0 { _ = try model.prefill(tokens(start), cache: cache, logitsFor: (start - 1)..<start) }
+        let filler = tokens(depth - start, offset: start)
+        for t in filler { _ = model.step(t, cache: cache) }
+        var times: [Double] = []
+        let next = tokens(decodeTokens * repetitions, offset: depth)
+        for r in 0..<repetitions {
+            let t0 = Date()
+            for t in next[(r * decodeTokens)..<((r + 1) * decodeTokens)] { _ = model.step(t, cache: cache) }
+            times.append(Date().timeIntervalSince(t0) / Double(decodeTokens))
+        }
+        return Decode(depth: depth, secondsPerToken: Stat(times), cacheBytes: cache.byteCount)
+    }
+}
+
+/// Peak resident memory of this process so far (VmHWM), in bytes.
+public func peakResidentBytes() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+          let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
+    return kb * 1024
+}

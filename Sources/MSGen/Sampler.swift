@@ -1,0 +1,109 @@
+import Foundation
+
+/// Turns next-token logits into a token, the way llama.cpp's default chain does, in
+/// this order:
+///
+/// 1. repeat penalty over the last `repeatLastN` tokens (a positive logit is divided by
+///    the penalty, a negative one multiplied);
+/// 2. temperature 0 → the highest logit (greedy), and nothing below applies;
+/// 3. top-k: keep the k highest logits (k = 0 keeps all);
+/// 4. top-p: of those, the smallest set of highest probabilities whose sum reaches p;
+/// 5. min-p: of those, the ones with probability ≥ min-p × the highest probability;
+/// 6. temperature: softmax(logits / T) over what is left, and one draw from it.
+///
+/// Probabilities in 4–5 are the softmax of the penalised logits of what is still kept,
+/// before temperature. Ties break towards the lower token id, so the result depends only
+/// on the logits, the history and the seed.
+public struct SamplerOptions: Sendable, Equatable {
+    public var temperature: Float = 0.8
+    public var topK = 40
+    public var topP: Float = 0.95
+    public var minP: Float = 0.05
+    public var repeatPenalty: Float = 1.0
+    public var repeatLastN = 64
+    public var seed: UInt64 = 0
+
+    public init() {}
+}
+
+public struct Sampler {
+    public let options: SamplerOptions
+    var rng: SplitMix64
+
+    public init(_ options: SamplerOptions) {
+        self.options = options
+        rng = SplitMix64(seed: options.seed)
+    }
+
+    /// Picks the next token from `logits` given the tokens so far.
+    public mutating func sample(_ logits: [Float], history: [Int]) -> Int {
+        var l = logits
+        Sampler.penalize(&l, history: history.suffix(options.repeatLastN), penalty: options.repeatPenalty)
+        if options.temperature <= 0 { return Sampler.argmax(l) }
+        let kept = Sampler.candidates(l, topK: options.topK, topP: options.topP, minP: options.minP)
+        // Temperature last: softmax(l / T) over the survivors, then one uniform draw.
+        let m = kept.map { l[$0] }.max()!
+        let weights = kept.map { Double(((l[$0] - m) / options.temperature)).exp }
+        var u = rng.nextUnit() * weights.reduce(0, +)
+        for (id, w) in zip(kept, weights) {
+            u -= w
+            if u < 0 { return id }
+        }
+        return kept.last!
+    }
+
+    static func penalize(_ l: inout [Float], history: ArraySlice<Int>, penalty: Float) {
+        guard penalty != 1 else { return }
+        for id in Set(history) where id >= 0 && id < l.count {
+            l[id] = l[id] > 0 ? l[id] / penalty : l[id] * penalty
+        }
+    }
+
+    static func argmax(_ l: [Float]) -> Int {
+        var best = 0
+        for i in l.indices where l[i] > l[best] { best = i }
+        return best
+    }
+
+    /// The token ids that survive top-k, top-p and min-p (steps 3–5), highest first.
+    public static func candidates(_ l: [Float], topK: Int, topP: Float, minP: Float) -> [Int] {
+        var ids = Array(l.indices).sorted { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }
+        if topK > 0 && topK < ids.count { ids.removeSubrange(topK...) }
+        let m = l[ids[0]]
+        let e = ids.map { Double(l[$0] - m).exp }
+        let total = e.reduce(0, +)
+        if topP < 1 {
+            var sum = 0.0, keep = ids.count
+            for (i, x) in e.enumerated() {
+                sum += x / total
+                if sum >= Double(topP) { keep = i + 1; break }
+            }
+            ids.removeSubrange(keep...)
+        }
+        if minP > 0 {
+            // p_i ≥ minP·p_max  ⇔  e_i ≥ minP·e_max, and e_max = 1.
+            let keep = e.prefix(ids.count).prefix { $0 >= Double(minP) }.count
+            ids.removeSubrange(max(keep, 1)...)
+        }
+        return ids
+    }
+}
+
+/// SplitMix64: tiny, fast, and the same numbers on every machine for a given seed.
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1) with 53 random bits.
+    mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1p-53 }
+}
+
+extension Double {
+    var exp: Double { Foundation.exp(self) }
+}

@@ -1,0 +1,111 @@
+import Foundation
+import Testing
+
+/// `msgen generate` as a user runs it: bad input gives one line on stderr and a non-zero
+/// exit; a closed stdout or Ctrl-C end it cleanly.
+struct GenerateCLITests {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/golden")
+    static let binary: String = {
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<4 {
+            let c = dir.appendingPathComponent("msgen").path
+            if FileManager.default.isExecutableFile(atPath: c) { return c }
+            dir = dir.deletingLastPathComponent()
+        }
+        return fixtures.appendingPathComponent("../../../.build/debug/msgen").standardized.path
+    }()
+
+    /// Converted once per process: a CST decoder and an MS-Trans encoder.
+    static let models: (decoder: String, encoder: String) = {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("msgen-cli-\(getpid())")
+        try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dec = dir.appendingPathComponent("dec.msz").path, enc = dir.appendingPathComponent("enc.msz").path
+        _ = try! run(["convert", fixtures.appendingPathComponent("cst_a3_shared_untied_gelutanh_full").path, "-o", dec])
+        _ = try! run(["convert", fixtures.appendingPathComponent("mstrans_fixed_scales").path, "-o", enc])
+        return (dec, enc)
+    }()
+
+    struct Result { let status: Int32; let stdout: Data; let stderr: String }
+
+    /// Runs msgen; `signalAfter` sends SIGINT once that many stdout bytes have arrived.
+    static func run(_ args: [String], stdin: Data = Data(), signalAfter: Int? = nil, closeStdoutAfter: Int? = nil) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = args
+        let out = Pipe(), err = Pipe(), inp = Pipe()
+        p.standardOutput = out; p.standardError = err; p.standardInput = inp
+        try p.run()
+        inp.fileHandleForWriting.write(stdin)
+        try inp.fileHandleForWriting.close()
+        var stdout = Data()
+        if signalAfter != nil || closeStdoutAfter != nil {
+            while stdout.count < (signalAfter ?? closeStdoutAfter)! {
+                let chunk = out.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                stdout += chunk
+            }
+            if signalAfter != nil { kill(p.processIdentifier, SIGINT) }
+            if closeStdoutAfter != nil { try out.fileHandleForReading.close() }
+        }
+        if closeStdoutAfter == nil { stdout += out.fileHandleForReading.readDataToEndOfFile() }
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, stdout: stdout, stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    func expectOneLineError(_ r: Result, _ text: String) {
+        #expect(r.status != 0)
+        let lines = r.stderr.split(separator: "\n").filter { !$0.hasPrefix("seed ") }
+        #expect(lines.count == 1 && r.stderr.contains(text), "\(r.stderr)")
+    }
+
+    @Test func generatesAndReportsTheSeed() throws {
+        let r = try Self.run(["generate", "--model", Self.models.decoder, "--seed", "5", "--max-tokens", "8", "In the beginning"])
+        #expect(r.status == 0)
+        #expect(String(decoding: r.stdout, as: UTF8.self).hasPrefix("In the beginning"))
+        #expect(r.stderr.contains("seed 5"))
+        // The same seed gives the same bytes, with one thread or two.
+        let again = try Self.run(["--model", Self.models.decoder, "--seed", "5", "--max-tokens", "8", "--threads", "1", "In the beginning"])
+        #expect(again.stdout == r.stdout)
+    }
+
+    @Test func jsonEventsAndStdinLines() throws {
+        let r = try Self.run(["--model", Self.models.decoder, "--lines", "--json", "--max-tokens", "3", "--seed", "1"],
+                             stdin: Data("first\n\nsecond\r\n".utf8))
+        #expect(r.status == 0)
+        let events = String(decoding: r.stdout, as: UTF8.self).split(separator: "\n").map {
+            try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+        #expect(events.count == 8)  // two prompts × (3 tokens + done)
+        #expect(events.filter { $0["event"] as? String == "done" }.map { $0["prompt"] as? Int } == [0, 1])
+        #expect(events.last?["stop_reason"] as? String == "max_tokens")
+    }
+
+    @Test func badInputIsOneClearLine() throws {
+        let m = Self.models.decoder
+        expectOneLineError(try Self.run(["--model", m], stdin: Data([0x66, 0xFF, 0xFE])), "not valid UTF-8")
+        expectOneLineError(try Self.run(["--model", m, String(repeating: "word ", count: 400)]), "longer than the model's context")
+        expectOneLineError(try Self.run(["--model", Self.models.encoder, "hello"]), "ms-trans-encoder")
+        expectOneLineError(try Self.run(["--model", "/nonexistent.msz", "hello"]), "cannot open")
+        expectOneLineError(try Self.run(["--model", m, "--top-p", "0", "x"]), "--top-p")
+        expectOneLineError(try Self.run(["--model", m, "--lines"], stdin: Data("\n\n".utf8)), "no lines")
+    }
+
+    @Test func emptyPromptStartsFromEndOfText() throws {
+        let r = try Self.run(["--model", Self.models.decoder, "--max-tokens", "4", "--seed", "2"], stdin: Data())
+        #expect(r.status == 0)
+    }
+
+    @Test func closedStdoutEndsQuietly() throws {
+        let r = try Self.run(["--model", Self.models.decoder, "--max-tokens", "100000", "--ignore-eos", "x"], closeStdoutAfter: 1)
+        #expect(r.status == 0)
+        #expect(!r.stderr.contains("Fatal") && !r.stderr.contains("rror"))
+    }
+
+    @Test func ctrlCStopsWithANewlineAnd130() throws {
+        let r = try Self.run(["--model", Self.models.decoder, "--max-tokens", "100000000", "--ignore-eos", "x"], signalAfter: 200)
+        #expect(r.status == 130)
+        #expect(r.stdout.last == UInt8(ascii: "\n"))
+    }
+}
