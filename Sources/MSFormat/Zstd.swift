@@ -77,17 +77,31 @@ enum BytePlanes {
             scratch.update(from: b, count: n * s)
             switch s {  // the common widths as whole-word loops, which the compiler vectorises
             case 2:
-                let out = UnsafeMutableRawPointer(b).assumingMemoryBound(to: UInt16.self)
-                for i in 0..<n { out[i] = UInt16(scratch[i]) | UInt16(scratch[n + i]) << 8 }
-            case 4:
-                let out = UnsafeMutableRawPointer(b).assumingMemoryBound(to: UInt32.self)
-                for i in 0..<n {
-                    out[i] = UInt32(scratch[i]) | UInt32(scratch[n + i]) << 8
-                        | UInt32(scratch[2 * n + i]) << 16 | UInt32(scratch[3 * n + i]) << 24
+                var i = 0
+                while i + 16 <= n {
+                    let lo = SIMD16<UInt16>(truncatingIfNeeded: load(scratch + i))
+                    let hi = SIMD16<UInt16>(truncatingIfNeeded: load(scratch + n + i))
+                    UnsafeMutableRawPointer(b + 2 * i).storeBytes(of: lo | hi &<< 8, as: SIMD16<UInt16>.self)
+                    i += 16
                 }
+                while i < n { b[2 * i] = scratch[i]; b[2 * i + 1] = scratch[n + i]; i += 1 }
+            case 4:
+                var i = 0
+                while i + 16 <= n {
+                    var v = SIMD16<UInt32>(truncatingIfNeeded: load(scratch + i))
+                    for p in 1..<4 { v |= SIMD16<UInt32>(truncatingIfNeeded: load(scratch + p * n + i)) &<< UInt32(8 * p) }
+                    UnsafeMutableRawPointer(b + 4 * i).storeBytes(of: v, as: SIMD16<UInt32>.self)
+                    i += 16
+                }
+                while i < n { for p in 0..<4 { b[4 * i + p] = scratch[p * n + i] }; i += 1 }
             default: for p in 0..<s { for i in 0..<n { b[i * s + p] = scratch[p * n + i] } }
             }
         }
+    }
+
+    @inline(__always)
+    private static func load(_ p: UnsafePointer<UInt8>) -> SIMD16<UInt8> {
+        UnsafeRawPointer(p).loadUnaligned(as: SIMD16<UInt8>.self)
     }
 
     /// Calls `body(byteOffset, elementsInBlock)` for each block.

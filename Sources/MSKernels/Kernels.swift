@@ -42,7 +42,8 @@ public enum Kernels {
     }
 
     /// Σ a[i]·b[i], in 16 lanes (a plain loop would not vectorise: float addition is not
-    /// associative, so the compiler keeps its order).
+    /// associative, so the compiler keeps its order). Multiply then add, not
+    /// `addProduct`: without FMA in the baseline target that becomes a libm call per lane.
     @inline(__always)
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count n: Int) -> Float {
         var acc = SIMD16<Float>()
@@ -50,12 +51,26 @@ public enum Kernels {
         while i + 16 <= n {
             let va = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
             let vb = UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
-            acc.addProduct(va, vb)
+            acc += va * vb
             i += 16
         }
         var s = acc.sum()
         while i < n { s += a[i] * b[i]; i += 1 }
         return s
+    }
+
+    /// y += alpha·x.
+    @inline(__always)
+    public static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count n: Int) {
+        var i = 0
+        let va = SIMD8<Float>(repeating: alpha)
+        while i + 8 <= n {
+            let vx = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+            let vy = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(y + i).storeBytes(of: vy + va * vx, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < n { y[i] += alpha * x[i]; i += 1 }
     }
 
     /// LayerNorm of each of `rows` rows of `dim` values: (x − mean)/√(var + eps)·w + b.
@@ -114,10 +129,7 @@ public enum Kernels {
         guard n > 0 else { return }
         for j in 0..<n { scores[j] = dot(q, keys + j * keyStride, count: dh) * scale }
         softmax(scores, count: n)
-        for j in 0..<n {
-            let p = scores[j], v = values + j * valueStride
-            for d in 0..<dh { out[d] += p * v[d] }
-        }
+        for j in 0..<n { axpy(scores[j], values + j * valueStride, out, count: dh) }
     }
 
     /// The number of threads OpenBLAS uses.

@@ -80,6 +80,7 @@ struct AddedTokenSet: Sendable {
 /// Rust regex's Unicode \w, which the reference uses for single_word.
 private func isWordCharacter(_ v: UInt32) -> Bool {
     let p = Unicode.Scalar(v)!.properties
+    guard isKnownToReference(p) else { return false }
     switch p.generalCategory {
     case .nonspacingMark, .spacingMark, .enclosingMark, .decimalNumber, .connectorPunctuation: return true
     default: return p.isAlphabetic || p.isJoinControl

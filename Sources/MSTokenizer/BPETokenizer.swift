@@ -91,7 +91,7 @@ public struct BPETokenizer: Sendable {
 
         vocabSize = maxId + 1
         var tokens = [String?](repeating: nil, count: vocabSize)
-        for (token, _) in vocabMembers { tokens[vocab[Array(token.utf8)]!] = token }
+        for (token, value) in vocabMembers { tokens[value.int!] = token }
         var idOfToken = vocab
         var isSpecial = [Bool](repeating: false, count: vocabSize)
         for t in added {
@@ -140,20 +140,22 @@ public struct BPETokenizer: Sendable {
         var merges = MergeTable(capacity: mergeList.count)
         var rank: UInt32 = 0
         for item in mergeList {
-            // Either "a b" (older files, split on the one space) or ["a", "b"].
-            let pair: [String]
+            // Either ["a", "b"] or, in older files, "a b" split at the space (as bytes: a
+            // Character split would glue a space to a following combining mark).
+            let pair: [[UInt8]]
             if let line = item.string {
                 if line.hasPrefix("#version") { continue }
-                pair = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+                pair = line.utf8.split(separator: 0x20, omittingEmptySubsequences: false).map(Array.init)
             } else {
-                pair = item.array?.compactMap(\.string) ?? []
+                pair = item.array?.compactMap { $0.string.map { Array($0.utf8) } } ?? []
             }
             guard pair.count == 2 else {
                 throw MSGenError("tokenizer.json: merge rule \(rank + 1) is not a pair of tokens")
             }
-            let a = Array(pair[0].utf8), b = Array(pair[1].utf8)
+            let (a, b) = (pair[0], pair[1])
             guard let left = vocab[a], let right = vocab[b], let joined = vocab[a + b] else {
-                throw MSGenError("tokenizer.json: merge rule \(rank + 1) (\(debugQuoted(pair[0])) + \(debugQuoted(pair[1]))) uses a token missing from the vocabulary")
+                let names = pair.map { debugQuoted(String(decoding: $0, as: UTF8.self)) }.joined(separator: " + ")
+                throw MSGenError("tokenizer.json: merge rule \(rank + 1) (\(names)) uses a token missing from the vocabulary")
             }
             merges.insert(Int32(left), Int32(right), .init(rank: rank, id: Int32(joined)))
             rank += 1
@@ -185,10 +187,12 @@ public struct BPETokenizer: Sendable {
 
     // MARK: Encoding
 
+    /// The ids of `text`, as tokenizers' `encode(text).ids` gives them (no post-processor
+    /// adds tokens: it is at most ByteLevel, which only adjusts offsets).
     public func encode(_ text: String) -> [Int] {
         var text = text
         return text.withUTF8 { u in
-            var work = Workspace()
+            var work = Workspace(textLength: u.count)
             for (id, range) in rawAdded.split(u, 0..<u.count) {
                 if let id { work.ids.append(id); continue }
                 for (id, range) in normalizedAdded.split(u, range) {
@@ -222,13 +226,20 @@ public struct BPETokenizer: Sendable {
     /// BPE on one piece: one symbol per byte (per byte-level character, as merge_word
     /// builds them), then merged.
     private func mergePiece(_ u: UnsafeBufferPointer<UInt8>, _ range: Range<Int>, _ work: inout Workspace) {
-        if let idOfWord, let id = idOfWord[Array(u[range])] {
+        let piece = UnsafeBufferPointer(rebasing: u[range])
+        if let cached = work.cache?.ids(of: piece) {
+            work.ids += cached
+            return
+        }
+        let first = work.ids.count
+        defer { work.cache?.insert(piece, ids: work.ids[first...]) }
+        if let idOfWord, let id = idOfWord[Array(piece)] {
             work.ids.append(Int(id))
             return
         }
         work.symbols.removeAll(keepingCapacity: true)
         var pendingUnk = false
-        for b in u[range] {
+        for b in piece {
             let id = idOfByte[Int(b)]
             if id >= 0 {
                 if pendingUnk { work.symbols.append(unkId!); pendingUnk = false }
@@ -249,10 +260,16 @@ public struct BPETokenizer: Sendable {
 /// Buffers reused across the pieces of one `encode` call.
 private struct Workspace {
     var ids: [Int] = []
+    var cache: PieceCache?
     var symbols: [Int32] = []
     var next: [Int32] = []
     var prev: [Int32] = []
     var heap = MergeHeap()
+
+    init(textLength: Int) {
+        // Only long texts repeat their words enough for a cache to pay for itself.
+        if textLength >= 4096 { cache = PieceCache() }
+    }
 
     /// Merges `symbols` and appends the result to `ids`, as tokenizers' Word::merge_all:
     /// a min-heap of (rank, position) over adjacent pairs; after each merge the two new
@@ -297,6 +314,40 @@ private struct Workspace {
             ids.append(Int(symbols[i]))
             i = Int(next[i])
         }
+    }
+}
+
+/// The ids of pieces already merged during one `encode` call. Text repeats its words, and
+/// a lookup costs far less than merging again.
+private struct PieceCache {
+    /// Longer pieces (runs of spaces or symbols) seldom repeat.
+    private static let maxPieceLength = 64
+    private static let maxEntries = 1 << 16
+    private var entryOfHash: [UInt64: Int] = [:]
+    private var entries: [(bytes: Range<Int>, ids: Range<Int>)] = []
+    private var bytes: [UInt8] = []
+    private var ids: [Int] = []
+
+    private static func hash(_ piece: UnsafeBufferPointer<UInt8>) -> UInt64 {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325  // FNV-1a
+        for b in piece { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+        return h
+    }
+
+    func ids(of piece: UnsafeBufferPointer<UInt8>) -> ArraySlice<Int>? {
+        guard piece.count <= Self.maxPieceLength, let e = entryOfHash[Self.hash(piece)],
+              bytes[entries[e].bytes].elementsEqual(piece) else { return nil }
+        return ids[entries[e].ids]
+    }
+
+    mutating func insert(_ piece: UnsafeBufferPointer<UInt8>, ids new: ArraySlice<Int>) {
+        guard piece.count <= Self.maxPieceLength, entries.count < Self.maxEntries else { return }
+        let h = Self.hash(piece)
+        guard entryOfHash[h] == nil else { return }  // a collision: that piece stays uncached
+        entryOfHash[h] = entries.count
+        entries.append((bytes.count..<(bytes.count + piece.count), ids.count..<(ids.count + new.count)))
+        bytes += piece
+        ids += new
     }
 }
 

@@ -21,9 +21,10 @@ enum ByteLevel {
         return table
     }()
 
-    /// The bytes a vocabulary string stands for. Like the ByteLevel decoder, a string with
-    /// any character outside the alphabet (an added token such as "<|im start|>") is taken
-    /// as its own UTF-8 instead.
+    /// The bytes a vocabulary string stands for, as the ByteLevel decoder finds them:
+    /// each character through the alphabet or, if any character is outside it (an added
+    /// token containing a space, say), the string's own UTF-8. So an added token "é!" is
+    /// the lone byte E9 then "!", which decodes to U+FFFD "!" in the reference too.
     static func bytes(of token: String) -> [UInt8] {
         guard isByteLevel(token) else { return Array(token.utf8) }
         return token.unicodeScalars.map { UInt8(byteOfScalar[Int($0.value)]) }
@@ -50,11 +51,15 @@ enum ScalarClass: UInt8 {
     case letter, number, space, other
 }
 
-/// The newest Unicode version the reference regex engine knows. tokenizers 0.23 matches
-/// with Oniguruma, whose tables stop at Unicode 16.0; characters assigned later (Swift
-/// 6.3 knows 17.0) are unassigned there, so neither \p{L} nor \p{N}. Checked against
+/// Whether the reference's regex engines know the character. tokenizers 0.23 matches the
+/// GPT-2 pattern with Oniguruma and added tokens' \w and \s with Rust's regex crate, both
+/// with Unicode 16.0 tables; characters assigned later (Swift 6.3 knows 17.0) are
+/// unassigned there: neither letters, numbers nor word characters. Checked against
 /// tokenizers for every scalar.
-let patternUnicodeVersion = (major: 16, minor: 0)
+func isKnownToReference(_ p: Unicode.Scalar.Properties) -> Bool {
+    return true; guard let age = p.age else { return false }
+    return (age.major, age.minor) <= (16, 0)
+}
 
 private let asciiClasses: [ScalarClass] = (0..<128).map { v in
     switch UInt8(v) {
@@ -78,10 +83,7 @@ func scalarClass(_ v: UInt32) -> ScalarClass {
     case .decimalNumber, .letterNumber, .otherNumber: cls = .number
     default: return .other
     }
-    guard let age = p.age,
-          (age.major, age.minor) <= (patternUnicodeVersion.major, patternUnicodeVersion.minor)
-    else { return .other }
-    return cls
+    return isKnownToReference(p) ? cls : .other
 }
 
 /// The scalar starting at `i` of valid UTF-8, and its length in bytes.

@@ -69,6 +69,19 @@ struct CSTDecoderTests {
         }
     }
 
+    /// A prefix's logits are the prefix of the whole sequence's logits (causality).
+    @Test(arguments: fixtures)
+    func prefixInvariance(_ name: String) throws {
+        let g = try Golden(name)
+        let model = try CSTDecoder(config: g.config, tensors: g.tensors)
+        let T = min(g.ids.count, g.config.context), V = g.config.vocabSize
+        let full = try model.prefill(Array(g.ids[0..<T]), cache: model.makeCache(), logitsFor: 0..<T)
+        for n in 1..<T {
+            let part = try model.prefill(Array(g.ids[0..<n]), cache: model.makeCache(), logitsFor: 0..<n)
+            #expect(maxError(part[...], full[0..<(n * V)]) < 1e-5, "prefix \(n)")
+        }
+    }
+
     /// The cache does not grow with the number of tokens.
     @Test func cacheIsBounded() throws {
         let g = try Golden("cst_a2_shared_untied_past_context")
