@@ -33,7 +33,12 @@ public struct BPETokenizer: Sendable {
     private let rawAdded: AddedTokenSet
     private let normalizedAdded: AddedTokenSet
 
+    /// Ids past this are a damaged file, not a vocabulary (the largest real ones are ~10⁶),
+    /// and would make the per-id tables enormous.
+    private static let maxTokenId = 1 << 24
+
     public init(json: String) throws {
+        let maxTokenId = Self.maxTokenId
         let root = try RawJSON.parse(json)
         guard root.members != nil, let model = root["model"], model.members != nil else {
             throw MSGenError("tokenizer.json has no \"model\" object; it is not a Hugging Face tokenizer file")
@@ -62,7 +67,7 @@ public struct BPETokenizer: Sendable {
         vocab.reserveCapacity(vocabMembers.count)
         var maxId = -1
         for (token, value) in vocabMembers {
-            guard let id = value.int, id >= 0, id < 1 << 31 else {
+            guard let id = value.int, id >= 0, id < maxTokenId else {
                 throw MSGenError("tokenizer.json: vocabulary entry \(debugQuoted(token)) has no valid id")
             }
             vocab[Array(token.utf8)] = id
@@ -77,7 +82,7 @@ public struct BPETokenizer: Sendable {
             let bytes = Array(content.utf8)
             if bytes.isEmpty { continue }  // the reference ignores empty added tokens
             // The reference gives an added token the model's id when the model has it.
-            guard let id = vocab[bytes] ?? entry["id"]?.int, id >= 0, id < 1 << 31 else {
+            guard let id = vocab[bytes] ?? entry["id"]?.int, id >= 0, id < maxTokenId else {
                 throw MSGenError("tokenizer.json: added token \(debugQuoted(content)) has no valid id")
             }
             let special = entry["special"]?.bool ?? false

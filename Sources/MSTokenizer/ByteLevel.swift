@@ -57,7 +57,7 @@ enum ScalarClass: UInt8 {
 /// unassigned there: neither letters, numbers nor word characters. Checked against
 /// tokenizers for every scalar.
 func isKnownToReference(_ p: Unicode.Scalar.Properties) -> Bool {
-    return true; guard let age = p.age else { return false }
+    guard let age = p.age else { return false }
     return (age.major, age.minor) <= (16, 0)
 }
 

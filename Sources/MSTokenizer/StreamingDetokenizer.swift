@@ -50,7 +50,7 @@ func completePrefixLength(_ b: [UInt8]) -> Int {
     default: return n  // ASCII, or a byte that can never start a character
     }
     let have = n - lead
-    if have >= 1 { return n }
+    if have >= need { return n }
     if have >= 2 {
         // The second byte's range depends on the lead (no overlongs, surrogates or
         // values past U+10FFFF); outside it, the lead is already a lone invalid byte.

@@ -17,20 +17,20 @@ import MSTokenizer
             let lines = try Fixtures.cases("cases.json").map(\.text).joined(separator: "\n")
             text = String(repeating: lines + "\n", count: 200)
         }
+        #if DEBUG
+        let (build, runs) = ("debug build", 1)
+        #else
+        let (build, runs) = ("release build", 3)
+        #endif
         let tok = Fixtures.tokenizer
         var best = Double.infinity
         var count = 0
-        for _ in 0..<3 {
+        for _ in 0..<runs {
             let start = DispatchTime.now().uptimeNanoseconds
             count = tok.encode(text).count
             best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
         }
         #expect(count > 0)
-        #if DEBUG
-        let build = "debug build"
-        #else
-        let build = "release build"
-        #endif
         print("encode \(source): \(text.utf8.count) bytes -> \(count) tokens in \(String(format: "%.3f", best)) s"
               + " = \(String(format: "%.2f", Double(count) / best / 1e6)) M tokens/s (\(build), one thread)")
     }
