@@ -1,4 +1,5 @@
 import Foundation
+import MSFormat
 import MSModels
 
 /// llama-bench style measurements of a decoder, with tokenisation and sampling left out:
@@ -44,6 +45,8 @@ public struct Bench {
     /// Seconds per decoded token once `depth` tokens are in the cache. Depths past the
     /// context are reached by decoding (prefill fills at most the context).
     public func decode(depth: Int) throws -> Decode {
+        try check(model.canDecodePastContext || depth + decodeTokens * repetitions <= model.config.context,
+                  "depth \(depth) is past this \(model.config.architecture.rawValue)'s context of \(model.config.context)")
         let cache = model.makeCache()
         let start = min(depth, model.config.context)
         if start > 0 { _ = try model.prefill(tokens(start), cache: cache, logitsFor: (start - 1)..<start) }

@@ -13,6 +13,8 @@ public struct GenerationOptions: Sendable {
 
 public enum StopReason: String, Sendable {
     case eos, maxTokens = "max_tokens", stop, cancelled
+    /// The context is full and the model cannot decode past it (the baseline).
+    case contextFull = "context_full"
 }
 
 public struct GenerationSummary: Sendable {
@@ -112,6 +114,11 @@ public final class Generator: @unchecked Sendable {
                 let (t, stopped) = stops.push(detok.push(id))
                 text = t
                 if stopped { reason = .stop } else if generated == options.maxTokens { text += flush() }
+            }
+            if reason == nil && generated < options.maxTokens && !model.canDecodePastContext
+                && cache.position >= model.config.context {
+                reason = .contextFull
+                text += flush()
             }
             emit(.token(id: id, text: text))
             if reason == nil && generated < options.maxTokens { logits = model.step(id, cache: cache) }

@@ -10,6 +10,7 @@ import MSKernels
 /// parts P·Wᵀ are computed once here, at load.
 public final class CSTDecoder: LanguageModel, @unchecked Sendable {
     public let config: ModelConfig
+    public var canDecodePastContext: Bool { true }
     let D, H, dh, L, E, G, V: Int
     let scale: Float
     let io: EmbeddingAndHead

@@ -8,10 +8,12 @@ public final class Floats: @unchecked Sendable {
     public let p: UnsafeMutablePointer<Float>
     public let count: Int
 
-    public init(count: Int) {
+    /// `zeroed: false` leaves large buffers untouched, so pages that are never written
+    /// (the unused tail of a KV cache) never become resident.
+    public init(count: Int, zeroed: Bool = true) {
         self.count = count
         p = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
-        p.initialize(repeating: 0, count: max(count, 1))
+        if zeroed { p.initialize(repeating: 0, count: max(count, 1)) }
     }
     deinit { p.deallocate() }
 
@@ -46,6 +48,9 @@ struct WeightSource {
 /// prefill that leaves exactly the state token-by-token decoding would, and one step.
 public protocol LanguageModel: AnyObject, Sendable {
     var config: ModelConfig { get }
+    /// Whether `step` may go on past `config.context` tokens (CST rolls its summaries;
+    /// a model with absolute positions cannot).
+    var canDecodePastContext: Bool { get }
     func makeCache() -> DecoderCache
     /// Runs `tokens` from the cache's current (empty) state in one batched pass. Returns
     /// the logits of the positions in `logitsFor` (indices into `tokens`), row after row.
@@ -118,7 +123,17 @@ public func loadLanguageModel(_ file: MSZFile) throws -> LanguageModel {
     let config = try ModelConfig(json: file.config)
     switch config.architecture {
     case .cstDecoder: return try CSTDecoder(config: config, tensors: try file.load())
-    default:
-        throw MSGenError("\((file.path as NSString).lastPathComponent) is a \(config.architecture.rawValue) model; this command needs a language model (cst-decoder)")
+    case .transformerDecoder: return try TransformerDecoder(config: config, tensors: try file.load())
+    case .msTransEncoder:
+        throw MSGenError("\((file.path as NSString).lastPathComponent) is an ms-trans-encoder (a classifier); this command needs a language model (cst-decoder or transformer-decoder)")
     }
+}
+
+/// Opens a model file as a text classifier (an ms-trans-encoder).
+public func loadClassifier(_ file: MSZFile) throws -> MSTransEncoder {
+    let config = try ModelConfig(json: file.config)
+    guard config.architecture == .msTransEncoder else {
+        throw MSGenError("\((file.path as NSString).lastPathComponent) is a \(config.architecture.rawValue) model; classify needs a classifier (ms-trans-encoder)")
+    }
+    return try MSTransEncoder(config: config, tensors: try file.load())
 }

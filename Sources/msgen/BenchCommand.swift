@@ -57,6 +57,10 @@ struct BenchCommand: ParsableCommand {
         for depth in context {
             let n = min(depth, lm.config.context)
             if !prefills.contains(where: { $0.tokens == n }) { prefills.append(try bench.prefill(n)) }
+            guard lm.canDecodePastContext || depth + decodeTokens * repetitions <= lm.config.context else {
+                Terminal.note("depth \(depth): skipped, past this model's context of \(lm.config.context)")
+                continue
+            }
             decodes.append(try bench.decode(depth: depth))
             if !json, let d = decodes.last, let p = prefills.last {
                 Terminal.note(String(format: "depth %5d: prefill %d tokens %.0f tokens/s, decode %.3f ms/token (%.0f tokens/s)",

@@ -90,3 +90,17 @@ struct GeneratorTests {
         #expect(ids == sync.ids && text == sync.text)
     }
 }
+
+struct BaselineGenerationTests {
+    @Test func baselineStopsWhenItsContextIsFull() throws {
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/golden/transformer_untied_gelutanh").path
+        let ckpt = try Checkpoint.load(path: dir)
+        let model = try TransformerDecoder(config: ckpt.config, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+        let g = Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
+        var o = GenerationOptions(); o.maxTokens = 1000; o.ignoreEOS = true; o.sampler.seed = 3
+        let r = try collect(g, "In", o)
+        #expect(r.summary.stopReason == .contextFull)
+        #expect(r.summary.promptTokens + r.summary.generatedTokens == model.config.context + 1)
+    }
+}

@@ -38,16 +38,23 @@ func maxError(_ a: ArraySlice<Float>, _ b: ArraySlice<Float>) -> Float {
     zip(a, b).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
 }
 
-struct CSTDecoderTests {
-    static let fixtures = Golden.names(prefix: "cst_")
+/// A decoder of the fixture's architecture.
+func decoder(_ g: Golden) throws -> LanguageModel {
+    g.config.architecture == .cstDecoder ? try CSTDecoder(config: g.config, tensors: g.tensors)
+        : try TransformerDecoder(config: g.config, tensors: g.tensors)
+}
 
-    @Test func fixturesExist() { #expect(Self.fixtures.count >= 5) }
+/// Both decoders (CST and the baseline) against the PyTorch reference.
+struct DecoderTests {
+    static let fixtures = Golden.names(prefix: "cst_") + Golden.names(prefix: "transformer_")
+
+    @Test func fixturesExist() { #expect(Self.fixtures.count >= 6) }
 
     /// The batched forward equals the PyTorch reference at every position in the context.
     @Test(arguments: fixtures)
     func batchedForwardMatchesReference(_ name: String) throws {
         let g = try Golden(name)
-        let model = try CSTDecoder(config: g.config, tensors: g.tensors)
+        let model = try decoder(g)
         let T = min(g.ids.count, g.config.context), V = g.config.vocabSize
         let logits = try model.prefill(Array(g.ids[0..<T]), cache: model.makeCache(), logitsFor: 0..<T)
         #expect(maxError(logits[...], g.logits[0..<(T * V)]) < 1e-4)
@@ -58,8 +65,8 @@ struct CSTDecoderTests {
     @Test(arguments: fixtures)
     func prefillThenDecodeMatchesReference(_ name: String) throws {
         let g = try Golden(name)
-        let model = try CSTDecoder(config: g.config, tensors: g.tensors)
-        let T = g.ids.count, V = g.config.vocabSize
+        let model = try decoder(g)
+        let T = model.canDecodePastContext ? g.ids.count : min(g.ids.count, g.config.context), V = g.config.vocabSize
         for k in 0...min(T, g.config.context) {
             let cache = model.makeCache()
             var logits = try model.prefill(Array(g.ids[0..<k]), cache: cache, logitsFor: 0..<k)
@@ -73,13 +80,23 @@ struct CSTDecoderTests {
     @Test(arguments: fixtures)
     func prefixInvariance(_ name: String) throws {
         let g = try Golden(name)
-        let model = try CSTDecoder(config: g.config, tensors: g.tensors)
+        let model = try decoder(g)
         let T = min(g.ids.count, g.config.context), V = g.config.vocabSize
         let full = try model.prefill(Array(g.ids[0..<T]), cache: model.makeCache(), logitsFor: 0..<T)
         for n in 1..<T {
             let part = try model.prefill(Array(g.ids[0..<n]), cache: model.makeCache(), logitsFor: 0..<n)
             #expect(maxError(part[...], full[0..<(n * V)]) < 1e-5, "prefix \(n)")
         }
+    }
+
+    /// The baseline's cache holds every token; the CST's does not grow.
+    @Test func baselineCacheGrowsCSTCacheDoesNot() throws {
+        let b = try decoder(try Golden("transformer_untied_gelutanh"))
+        let c = b.makeCache()
+        _ = try b.prefill([1, 2, 3, 4], cache: c, logitsFor: 3..<4)
+        let four = c.byteCount
+        _ = b.step(5, cache: c)
+        #expect(c.byteCount == four * 5 / 4)
     }
 
     /// The cache does not grow with the number of tokens.

@@ -1,0 +1,128 @@
+import Foundation
+import MSFormat
+import MSModels
+import MSTokenizer
+
+/// Perplexity of a token stream with the windows of DESIGN §6: windows of C tokens start
+/// every S tokens, and each scores — given the tokens before them in the window — only
+/// the tokens no earlier window scored. The first token is context only. Scoring uses the
+/// batched forward (matrix-matrix), one window at a time.
+public struct Scorer {
+    public let model: LanguageModel
+    /// Bytes each token stands for (0 for special tokens), for bits per byte.
+    let byteLengths: [Int]
+
+    public init(model: LanguageModel, tokenizer: BPETokenizer) {
+        self.model = model
+        byteLengths = (0..<model.config.vocabSize).map {
+            tokenizer.specialTokenIds.contains($0) ? 0 : tokenizer.tokenBytes($0).count
+        }
+    }
+
+    public struct Window: Equatable, Sendable { public let start, end, first: Int }
+
+    /// The windows over `n` tokens: scored positions are [first, end), given [start, first).
+    public static func windows(tokens n: Int, context c: Int, stride s: Int) -> [Window] {
+        var out: [Window] = [], start = 0, next = 1
+        while next < n {
+            let end = min(start + c, n)
+            if end > next { out.append(Window(start: start, end: end, first: next)); next = end }
+            start += s
+        }
+        return out
+    }
+
+    public struct Token: Sendable { public let pos, id: Int; public let logprob: Double }
+
+    /// What scoring one text gives.
+    public struct Result: Sendable {
+        public var tokens: [Token] = []
+        public var bytes = 0
+        public var seconds = 0.0
+        /// KL(base ‖ model) per scored token and whether both put the same token on top.
+        public var kl: [Double] = []
+        public var sameTop = 0
+
+        public init() {}
+
+        public var count: Int { tokens.count }
+        public var nll: Double { -tokens.reduce(0) { $0 + $1.logprob } }
+        public var ppl: Double { exp(nll / Double(max(count, 1))) }
+        /// Standard error of the perplexity: ppl × the standard error of the mean nll.
+        public var pplError: Double {
+            guard count > 1 else { return 0 }
+            let mean = nll / Double(count)
+            let variance = tokens.reduce(0) { $0 + ($1.logprob + mean) * ($1.logprob + mean) } / Double(count - 1)
+            return ppl * (variance / Double(count)).squareRoot()
+        }
+        public var bitsPerByte: Double { nll / log(2) / Double(max(bytes, 1)) }
+
+        public mutating func add(_ other: Result) {
+            tokens += other.tokens; bytes += other.bytes; seconds += other.seconds
+            kl += other.kl; sameTop += other.sameTop
+        }
+    }
+
+    /// Scores `ids`. With `stream`, the whole text goes once through the bounded cache
+    /// instead (prefill up to the context, then token by token). `base` adds the KL
+    /// divergence of this model's distributions from base's on every scored token.
+    public func score(_ ids: [Int], context c: Int, stride s: Int, stream: Bool = false, base: LanguageModel? = nil,
+                      progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
+        let started = Date()
+        var result = Result()
+        let V = model.config.vocabSize
+        // Logits rows, and the positions they predict, in the order they are produced.
+        func consume(_ logits: [Float], _ baseLogits: [Float]?, positions: Range<Int>) {
+            for (row, pos) in positions.enumerated() {
+                let lp = logSoftmax(logits[(row * V)..<((row + 1) * V)])
+                let id = ids[pos]
+                result.tokens.append(Token(pos: pos, id: id, logprob: lp[id]))
+                result.bytes += byteLengths[id]
+                if let baseLogits {
+                    let lb = logSoftmax(baseLogits[(row * V)..<((row + 1) * V)])
+                    var kl = 0.0
+                    for i in 0..<V where lb[i] > -.infinity { kl += exp(lb[i]) * (lb[i] - lp[i]) }
+                    result.kl.append(max(kl, 0))
+                    if argmax(lb) == argmax(lp) { result.sameTop += 1 }
+                }
+            }
+            progress(result.count, ids.count - 1)
+        }
+        if stream {
+            let n = min(ids.count, model.config.context)
+            try check(ids.count <= n || model.canDecodePastContext,
+                      "--stream: this \(model.config.architecture.rawValue) cannot go past its context of \(model.config.context) tokens; score in windows instead")
+            let caches = [model.makeCache()] + (base.map { [$0.makeCache()] } ?? [])
+            let first = try model.prefill(Array(ids[0..<n]), cache: caches[0], logitsFor: 0..<(n - 1))
+            let firstBase = try base?.prefill(Array(ids[0..<n]), cache: caches[1], logitsFor: 0..<(n - 1))
+            consume(first, firstBase, positions: 1..<n)
+            for pos in max(n, 1)..<ids.count {
+                let l = model.step(ids[pos - 1], cache: caches[0])
+                consume(l, base?.step(ids[pos - 1], cache: caches[1]), positions: pos..<(pos + 1))
+            }
+        } else {
+            for w in Scorer.windows(tokens: ids.count, context: c, stride: s) {
+                let window = Array(ids[w.start..<w.end])
+                let rows = (w.first - w.start - 1)..<(w.end - w.start - 1)
+                let logits = try model.prefill(window, cache: model.makeCache(), logitsFor: rows)
+                let baseLogits = try base?.prefill(window, cache: base!.makeCache(), logitsFor: rows)
+                consume(logits, baseLogits, positions: w.first..<w.end)
+            }
+        }
+        result.seconds = Date().timeIntervalSince(started)
+        return result
+    }
+}
+
+/// log softmax in Double, so that sums over many tokens keep their precision.
+func logSoftmax(_ x: ArraySlice<Float>) -> [Double] {
+    let m = Double(x.max()!)
+    let lse = m + log(x.reduce(0.0) { $0 + exp(Double($1) - m) })
+    return x.map { Double($0) - lse }
+}
+
+func argmax(_ x: [Double]) -> Int {
+    var best = 0
+    for i in x.indices where x[i] > x[best] { best = i }
+    return best
+}

@@ -1,0 +1,81 @@
+import Foundation
+import Testing
+import MSFormat
+import MSModels
+import MSTokenizer
+@testable import MSGen
+
+/// `msgen perplexity` against the PyTorch reference (Tests/Fixtures/perplexity, made by
+/// tools/msgen_tools/make_perplexity_fixtures.py in float64).
+struct PerplexityTests {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
+
+    struct Case: Decodable { let model: String; let context: Int; let stride: Int; let tokens: Int; let nll: Double; let bits_per_byte: Double }
+    static let cases = try! JSONDecoder().decode([Case].self, from: Data(contentsOf: fixtures.appendingPathComponent("perplexity/expected.json")))
+    static let text = try! String(contentsOf: fixtures.appendingPathComponent("perplexity/psalm.txt"), encoding: .utf8)
+
+    static func load(_ name: String, dtype: DType? = nil) throws -> (LanguageModel, BPETokenizer) {
+        let ckpt = try Checkpoint.load(path: fixtures.appendingPathComponent("golden/\(name)").path)
+        var tensors = Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) })
+        if let dtype { tensors = tensors.mapValues { $0.canQuantize || dtype != .q8 ? $0.converted(to: dtype) : $0 } }
+        let model: LanguageModel = ckpt.config.architecture == .cstDecoder
+            ? try CSTDecoder(config: ckpt.config, tensors: tensors) : try TransformerDecoder(config: ckpt.config, tensors: tensors)
+        return (model, try BPETokenizer(json: ckpt.tokenizerJSON!))
+    }
+
+    @Test(arguments: cases.indices)
+    func matchesTheReference(_ i: Int) throws {
+        let c = Self.cases[i]
+        let (model, tok) = try Self.load(c.model)
+        let r = try Scorer(model: model, tokenizer: tok).score(tok.encode(Self.text), context: c.context, stride: c.stride)
+        #expect(r.count == c.tokens)
+        #expect(abs(r.nll - c.nll) / c.nll <= 1e-4, "\(c.model) C=\(c.context) S=\(c.stride): \(r.nll) vs \(c.nll)")
+        #expect(abs(r.bitsPerByte - c.bits_per_byte) / c.bits_per_byte <= 1e-4)
+    }
+
+    @Test func everyTokenButTheFirstIsScoredOnce() {
+        for n in [2, 3, 10, 33, 100, 257] {
+            for c in [2, 3, 8, 32] {
+                for s in Set([1, c / 2, c - 1].filter { $0 >= 1 }) {
+                    var scored = [Int](repeating: 0, count: n)
+                    for w in Scorer.windows(tokens: n, context: c, stride: s) {
+                        #expect(w.end - w.start <= c && w.start < w.first && w.first < w.end)
+                        for p in w.first..<w.end { scored[p] += 1 }
+                    }
+                    #expect(scored[0] == 0 && scored.dropFirst().allSatisfy { $0 == 1 }, "n \(n) c \(c) s \(s)")
+                }
+            }
+        }
+    }
+
+    @Test(arguments: ["cst_a3_shared_untied_gelutanh_full", "transformer_untied_gelutanh"])
+    func streamEqualsWindowsWhileTheTextFits(_ name: String) throws {
+        let (model, tok) = try Self.load(name)
+        let ids = Array(tok.encode(Self.text).prefix(model.config.context))
+        let scorer = Scorer(model: model, tokenizer: tok)
+        let windows = try scorer.score(ids, context: model.config.context, stride: model.config.context - 1)
+        let stream = try scorer.score(ids, context: model.config.context, stride: 1, stream: true)
+        #expect(stream.count == windows.count && abs(stream.nll - windows.nll) / windows.nll < 1e-5)
+    }
+
+    @Test func streamPastTheContextUsesTheRollingCache() throws {
+        let (model, tok) = try Self.load("cst_a2_shared_untied_past_context")
+        let ids = tok.encode(Self.text)
+        let r = try Scorer(model: model, tokenizer: tok).score(ids, context: 16, stride: 15, stream: true)
+        #expect(r.count == ids.count - 1 && r.ppl.isFinite)
+    }
+
+    @Test func klAgainstItselfIsZeroAndAgainstQ8SmallAndPositive() throws {
+        // d_model 32: its matrices have whole q8 blocks.
+        let (model, tok) = try Self.load("cst_a2_separate_untied_gelutanh")
+        let (q8, _) = try Self.load("cst_a2_separate_untied_gelutanh", dtype: .q8)
+        let ids = Array(tok.encode(Self.text).prefix(200))
+        let same = try Scorer(model: model, tokenizer: tok).score(ids, context: 32, stride: 31, base: model)
+        #expect(same.kl.allSatisfy { $0 < 1e-9 } && same.sameTop == same.count)
+        let quant = try Scorer(model: q8, tokenizer: tok).score(ids, context: 32, stride: 31, base: model)
+        let mean = quant.kl.reduce(0, +) / Double(quant.kl.count)
+        #expect(mean > 1e-7 && mean < 0.01, "KL \(mean)")
+        #expect(Double(quant.sameTop) / Double(quant.count) > 0.9)
+    }
+}
