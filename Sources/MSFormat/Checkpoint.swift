@@ -46,12 +46,15 @@ public struct Checkpoint {
         }
         guard let config else { throw MSGenError("no config.json for \(path) (pass --config FILE)") }
 
-        let configJSON = try JSONValue.parse(try readFile(config), what: config)
+        var configJSON = try JSONValue.parse(try readFile(config), what: config)
+        let gpt2 = GPT2.isGPT2(configJSON)
+        if gpt2 { configJSON = try GPT2.translate(configJSON) }
         let modelConfig = try ModelConfig(json: configJSON)
 
         let head = try readFile(weights, prefix: 4)
         let isZip = head.starts(with: [0x50, 0x4B, 0x03, 0x04])
-        let tensors = isZip ? try TorchCheckpoint.read(path: weights) : try Safetensors.read(path: weights)
+        var tensors = isZip ? try TorchCheckpoint.read(path: weights) : try Safetensors.read(path: weights)
+        if gpt2 { tensors = try GPT2.mapTensors(tensors, config: modelConfig) }
 
         var tokenizerText: String?
         if let tokenizer {
@@ -68,7 +71,7 @@ public struct Checkpoint {
             tokenizerText = text
         }
         return Checkpoint(configJSON: configJSON, config: modelConfig, tensors: tensors, tokenizerJSON: tokenizerText,
-                          weightsPath: weights, weightsFormat: isZip ? "pytorch" : "safetensors")
+                          weightsPath: weights, weightsFormat: (gpt2 ? "gpt2 " : "") + (isZip ? "pytorch" : "safetensors"))
     }
 
     /// Checks names, shapes and dtypes against the config.

@@ -119,3 +119,20 @@ struct DecoderTests {
         #expect { _ = try model.prefill(ids, cache: model.makeCache(), logitsFor: 0..<1) } throws: { "\($0)".contains("context") }
     }
 }
+
+/// A Hugging Face GPT-2 checkpoint (save_pretrained, random weights) converts to the
+/// baseline, and msgen's logits equal GPT2LMHeadModel's.
+struct GPT2Tests {
+    @Test func logitsEqualTransformers() throws {
+        let dir = Golden.root.deletingLastPathComponent().appendingPathComponent("gpt2").path
+        let ckpt = try Checkpoint.load(path: dir)
+        try ckpt.validate()
+        #expect(ckpt.config.architecture == .transformerDecoder && ckpt.config.activation == .geluTanh && ckpt.config.tieEmbeddings)
+        let model = try TransformerDecoder(config: ckpt.config, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+        let g = Dictionary(uniqueKeysWithValues: try Safetensors.read(path: dir + "/golden.safetensors").map { ($0.name, $0.tensor) })
+        let ids = g["input_ids"]!.ints()
+        let logits = try model.prefill(ids, cache: model.makeCache(), logitsFor: 0..<ids.count)
+        let err = maxError(logits[...], g["logits"]!.floats()[...])
+        #expect(err < 1e-4, "max error \(err)")
+    }
+}
