@@ -125,14 +125,14 @@ struct Generate: AsyncParsableCommand {
         }
         let data = FileHandle.standardInput.readDataToEndOfFile()
         guard let text = String(data: data, encoding: .utf8) else { throw MSGenError("standard input is not valid UTF-8") }
+        // "\r\n" is one Character in Swift, so both line ends are matched whole.
+        let isLineEnd: (Character) -> Bool = { $0 == "\n" || $0 == "\r\n" }
         if lines {
-            let all = text.split(separator: "\n", omittingEmptySubsequences: false)
-                .map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
-                .filter { !$0.isEmpty }
+            let all = text.split(whereSeparator: isLineEnd).map(String.init)
             try check(!all.isEmpty, "standard input has no lines to use as prompts")
             return all
         }
-        return [text.hasSuffix("\n") ? String(text.dropLast()) : text]
+        return [text.last.map(isLineEnd) == true ? String(text.dropLast()) : text]
     }
 }
 

@@ -80,6 +80,10 @@ struct GenerateCLITests {
         #expect(events.count == 8)  // two prompts × (3 tokens + done)
         #expect(events.filter { $0["event"] as? String == "done" }.map { $0["prompt"] as? Int } == [0, 1])
         #expect(events.last?["stop_reason"] as? String == "max_tokens")
+        // The CRLF line is the prompt "second", without its line end.
+        let tokens = try Self.run(["tokenize", "--model", Self.models.decoder, "--json", "second"])
+        let ids = (try JSONSerialization.jsonObject(with: tokens.stdout) as! [String: Any])["ids"] as! [Int]
+        #expect(events.last?["prompt_tokens"] as? Int == ids.count)
     }
 
     @Test func badInputIsOneClearLine() throws {

@@ -47,8 +47,9 @@ struct MSTransEncoderTests {
         let w = Synthetic(layers: 2, dModel: 12, heads: 3, dFF: 10, labels: 4, vocab: 20, maxLength: 16, seed: 7)
         let config = try w.config(scales: [[1, 1, 1], [1, 1, 1]])
         let model = try MSTransEncoder(config: config, tensors: w.tensors)
-        let tokens = [19, 3, 5, 3, 11, 0, 7, 2]
-        let direct = w.directWindowOne(tokens)
+        let text = [19, 3, 5, 3, 11, 0, 7, 2]
+        let tokens = [config.clsTokenId] + text
+        let direct = w.directWindowOne(text)
         let got = model.encode(tokens).array
         #expect(maxError(got[...], direct.hidden[...]) < 1e-5)
         #expect(maxError(model.forward(tokens)[...], direct.logits[...]) < 1e-5)
@@ -62,6 +63,30 @@ struct MSTransEncoderTests {
         let a = try MSTransEncoder(config: wide, tensors: w.tensors).encode(tokens).array
         let b = try MSTransEncoder(config: wide, tensors: scrambled.tensors).encode(tokens).array
         #expect(maxError(a[...], b[...]) > 1e-3)
+    }
+
+    /// "N/k" is resolved from the length *with* [CLS], per input: compared with a direct
+    /// computation at every text length up to max_length − 1, at lengths where using the
+    /// length without [CLS] would give other windows.
+    @Test func fractionalWindowsUseTheLengthWithCLS() throws {
+        let w = Synthetic(layers: 2, dModel: 8, heads: 4, dFF: 6, labels: 3, vocab: 30, maxLength: 20, seed: 3)
+        let scales: [[HeadScale]] = [[.window(1), .fraction(1), .fraction(2), .fraction(3)], [.window(3), .fraction(2), .fraction(4), .window(5)]]
+        let config = try w.config(scales: scales)
+        #expect(config.layerScales == scales)
+        let model = try MSTransEncoder(config: config, tensors: w.tensors)
+        var discriminating = 0
+        for count in 1...19 {
+            let text = (0..<count).map { ($0 * 7 + 3) % 29 }
+            let got = try model.classify(text).logits
+            let right = w.direct(text) { l, h, n in scales[l][h].width(sequenceLength: n) }.logits
+            #expect(maxError(got[...], right[...]) < 1e-4, "\(count) tokens")
+            let wrong = w.direct(text) { l, h, n in scales[l][h].width(sequenceLength: n - 1) }.logits
+            if maxError(wrong[...], right[...]) > 1e-3 {
+                discriminating += 1
+                #expect(maxError(got[...], wrong[...]) > 1e-3)
+            }
+        }
+        #expect(discriminating >= 10)
     }
 
     /// Token i is influenced only by tokens within its heads' windows: after two layers
@@ -106,6 +131,9 @@ struct MSTransEncoderTests {
         var t = g.tensors
         t["layers.1.norm.bias"] = nil
         #expect { _ = try MSTransEncoder(config: g.config, tensors: t) } throws: { "\($0)".contains("missing layers.1.norm.bias") }
+        var twice = g.config
+        twice.labels = ["a", "b", "a"]
+        #expect { _ = try MSTransEncoder(config: twice, tensors: g.tensors) } throws: { "\($0)".contains("label twice") }
         let d = try Golden("cst_a1_shared_tied_gelu")
         #expect { _ = try MSTransEncoder(config: d.config, tensors: d.tensors) } throws: { "\($0)".contains("ms-trans-encoder") }
     }
@@ -148,39 +176,65 @@ struct Synthetic {
 
     var tensors: [String: Tensor] { weights.mapValues { Tensor(shape: $0.shape, floats: $0.values) } }
 
-    func config(scales: [[Int]]) throws -> ModelConfig {
+    func config(scales: [[Int]]) throws -> ModelConfig { try config(scales: scales.map { $0.map { .window($0) } }) }
+
+    /// Written as config.json has them: odd integers and "N/k" strings.
+    func config(scales: [[HeadScale]]) throws -> ModelConfig {
         try ModelConfig(json: .object([
             "architecture": .string("ms-trans-encoder"), "vocab_size": .number(Double(vocab)),
             "d_model": .number(Double(dModel)), "n_layers": .number(Double(layers)), "n_heads": .number(Double(heads)),
             "d_ff": .number(Double(dFF)), "max_length": .number(Double(maxLength)), "cls_token_id": .number(Double(vocab - 1)),
             "labels": .array((0..<labels).map { .string("l\($0)") }),
-            "layer_scales": .array(scales.map { .array($0.map { .number(Double($0)) }) }),
+            "layer_scales": .array(scales.map { .array($0.map {
+                if case .window(let w) = $0 { .number(Double(w)) } else { .string($0.description) }
+            }) }),
         ]))
     }
 
-    /// The forward with attention replaced by v_i, in Double: final states [n, D] and logits.
-    func directWindowOne(_ tokens: [Int]) -> (hidden: [Float], logits: [Float]) {
-        let D = dModel
+    /// The forward computed directly in Double, loop by loop: final states [n, D] and
+    /// logits. Head h of layer l attends to |i − j| ≤ (ω − 1)/2 with ω = `window(l, h, n)`.
+    func direct(_ text: [Int], window: (Int, Int, Int) -> Int) -> (hidden: [Float], logits: [Float]) {
+        let D = dModel, dh = dModel / heads
         func w(_ name: String) -> [Double] { weights[name]!.values.map(Double.init) }
         func linear(_ x: [Double], _ name: String) -> [Double] {
             let m = w(name + ".weight"), b = w(name + ".bias"), k = x.count
             return b.indices.map { o in b[o] + (0..<k).reduce(0) { $0 + m[o * k + $1] * x[$1] } }
         }
         let embed = w("embed.weight")
-        var h = ([vocab - 1] + tokens).map { t in Array(embed[(t * D)..<((t + 1) * D)]) }
+        var h = ([vocab - 1] + text).map { t in Array(embed[(t * D)..<((t + 1) * D)]) }
+        let n = h.count
         for l in 0..<layers {
             let p = "layers.\(l)."
             let gain = w(p + "norm.weight"), bias = w(p + "norm.bias")
-            h = h.map { x in
-                let y = linear(linear(x, p + "attn.v_proj"), p + "attn.o_proj").map { max($0, 0) }
-                let z = zip(x, y).map { $0 + $1 }
-                let mean = z.reduce(0, +) / Double(D)
-                let variance = z.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(D)
-                return z.indices.map { (z[$0] - mean) / (variance + 1e-5).squareRoot() * gain[$0] + bias[$0] }
+            let q = h.map { linear($0, p + "attn.q_proj") }, k = h.map { linear($0, p + "attn.k_proj") }
+            let v = h.map { linear($0, p + "attn.v_proj") }
+            h = h.indices.map { i in
+                var a = [Double](repeating: 0, count: D)
+                for hd in 0..<heads {
+                    let half = (window(l, hd, n) - 1) / 2, r = (hd * dh)..<((hd + 1) * dh)
+                    let js = (0..<n).filter { abs(i - $0) <= half }
+                    let s = js.map { j in r.reduce(0) { $0 + q[i][$1] * k[j][$1] } / Double(dh).squareRoot() }
+                    let e = s.map { exp($0 - s.max()!) }, z = e.reduce(0, +)
+                    for (c, j) in js.enumerated() { for x in r { a[x] += e[c] / z * v[j][x] } }
+                }
+                let y = linear(a, p + "attn.o_proj").map { max($0, 0) }
+                let x = zip(h[i], y).map { $0 + $1 }
+                let mean = x.reduce(0, +) / Double(D)
+                let variance = x.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(D)
+                return x.indices.map { (x[$0] - mean) / (variance + 1e-5).squareRoot() * gain[$0] + bias[$0] }
             }
         }
         let pooled = (0..<D).map { k in h[1...].map { $0[k] }.max()! }
         let logits = linear(linear(h[0] + pooled, "classifier.fc1").map { max($0, 0) }, "classifier.fc2")
         return (h.flatMap { $0 }.map(Float.init), logits.map(Float.init))
+    }
+
+    /// The same with attention replaced by v_i: no query or key is used at all.
+    func directWindowOne(_ text: [Int]) -> (hidden: [Float], logits: [Float]) {
+        var plain = self
+        for name in weights.keys where name.contains("q_proj") || name.contains("k_proj") {
+            plain.weights[name]!.values = plain.weights[name]!.values.map { _ in 0 }
+        }
+        return plain.direct(text) { _, _, _ in 1 }
     }
 }

@@ -1,0 +1,122 @@
+import ArgumentParser
+import Foundation
+import MSFormat
+import MSKernels
+import MSModels
+import MSTokenizer
+
+struct Classify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Classify texts with an MS-Trans encoder.",
+        discussion: """
+        Each TEXT argument is one input; with no TEXT, or "-", every non-empty line of \
+        standard input is one. Plain output is one line per input: the label, its \
+        probability (4 decimals) and the text, tab-separated (with --top K, K label/probability pairs \
+        before the text). --json prints one object per input: {"label": …, "probs": \
+        {label: p, …}}, with "top": [the K best labels] when K > 1 and "truncated": true when the text was longer than the model's \
+        max_length and only its beginning was used (a note on stderr says so too).
+        """
+    )
+
+    @Argument(help: "Texts to classify; none or \"-\" reads one per line from standard input.")
+    var texts: [String] = []
+
+    @Option(help: "Classifier model file (default: the bundled classifier, \(BundledClassifier.fileName)).")
+    var model: String?
+
+    @Option(help: "Print the K most likely labels with their probabilities.")
+    var top = 1
+
+    @Flag(help: "Print one JSON object per input instead of tab-separated text.")
+    var json = false
+
+    @Option(help: "Threads for matrix work (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        guard top >= 1 else { throw MSGenError("--top must be ≥ 1") }
+        if let threads, threads < 1 { throw MSGenError("--threads must be ≥ 1") }
+    }
+
+    func run() throws {
+        if let threads { Kernels.threads = threads }
+        let inputs = try readInputs()
+        Output.setUp()  // after reading: until then Ctrl-C simply ends the program
+        let path = try model ?? BundledClassifier.path()
+        let file = try MSZFile(path: path)
+        let classifier = try loadClassifier(file)
+        guard let tokenizerJSON = file.tokenizerJSON else {
+            throw MSGenError("\((path as NSString).lastPathComponent) has no tokenizer; convert it with --tokenizer tokenizer.json")
+        }
+        let tokenizer = try BPETokenizer(json: tokenizerJSON)
+        let labels = classifier.config.labels
+        let k = min(top, labels.count)
+
+        for (index, text) in inputs.enumerated() {
+            if Interrupt.requested { throw ExitCode(130) }
+            let ids = tokenizer.encode(text)
+            try check(!ids.isEmpty, "input \(index + 1) gives no tokens; there is nothing to classify")
+            let result = try classifier.classify(ids)
+            if result.truncated {
+                Terminal.note("note: input \(index + 1) truncated from \(ids.count) to \(result.tokens) tokens (max_length \(classifier.config.maxLength) with [CLS])")
+            }
+            // Best first; equal probabilities keep the labels' order.
+            let ranked = result.probs.indices.sorted { (result.probs[$0], $1) > (result.probs[$1], $0) }
+            if json {
+                var o: [String: JSONValue] = [
+                    "label": .string(labels[ranked[0]]),
+                    "probs": .object(Dictionary(uniqueKeysWithValues: zip(labels, result.probs.map { number($0) }))),
+                ]
+                if top > 1 { o["top"] = .array(ranked.prefix(k).map { .string(labels[$0]) }) }
+                if result.truncated { o["truncated"] = .bool(true) }
+                Output.write(JSONValue.object(o).compactText + "\n")
+            } else {
+                let pairs = ranked.prefix(k).map { labels[$0] + "\t" + String(format: "%.4f", result.probs[$0]) }
+                Output.write((pairs + [oneLine(text)]).joined(separator: "\t") + "\n")
+            }
+        }
+    }
+
+    /// The inputs, in order: the arguments, or the non-empty lines of standard input.
+    func readInputs() throws -> [String] {
+        if !texts.isEmpty && texts != ["-"] {
+            for (i, t) in texts.enumerated() { try check(!t.isEmpty, "input \(i + 1) is empty text; there is nothing to classify") }
+            return texts
+        }
+        let data = FileHandle.standardInput.readDataToEndOfFile()
+        guard let text = String(data: data, encoding: .utf8) else { throw MSGenError("standard input is not valid UTF-8") }
+        // "\r\n" is one Character in Swift, so it is a separator of its own.
+        let lines = text.split(whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+            .map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
+            .filter { !$0.isEmpty }
+        try check(!lines.isEmpty, "standard input has no lines to classify")
+        return lines
+    }
+
+    /// A float as JSON in its shortest form (0.873, not 0.87300002574920654).
+    func number(_ x: Float) -> JSONValue { .number(Double("\(x)") ?? Double(x)) }
+
+    /// The text as it goes on a tab-separated line: tabs and line breaks become spaces.
+    func oneLine(_ s: String) -> String {
+        String(s.map { $0 == "\t" || $0.isNewline ? " " : $0 })
+    }
+}
+
+/// Where the bundled classifier is found when no --model is given: $MSGEN_CLASSIFIER,
+/// then the places BundledModel looks for its model.
+enum BundledClassifier {
+    static let fileName = "models/mstrans-fortunes.msz"
+
+    static func path() throws -> String {
+        if let env = ProcessInfo.processInfo.environment["MSGEN_CLASSIFIER"], !env.isEmpty { return env }
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        let candidates = [
+            URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(fileName),
+            exe.appendingPathComponent("../../../\(fileName)").standardized,
+            exe.appendingPathComponent("../../\(fileName)").standardized,
+            exe.appendingPathComponent("../share/msgen/\(fileName)").standardized,
+        ]
+        for c in candidates where FileManager.default.fileExists(atPath: c.path) { return c.path }
+        throw MSGenError("no --model given and the bundled classifier \(fileName) was not found (pass --model or set MSGEN_CLASSIFIER)")
+    }
+}
