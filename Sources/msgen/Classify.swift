@@ -21,7 +21,7 @@ struct Classify: ParsableCommand {
     @Argument(help: "Texts to classify; none or \"-\" reads one per line from standard input.")
     var texts: [String] = []
 
-    @Option(help: "Classifier model file (default: the bundled classifier, \(BundledClassifier.fileName)).")
+    @Option(help: "Classifier model file (default: the bundled classifier, \(BundledModel.classifier.fileName)).")
     var model: String?
 
     @Option(help: "Print the K most likely labels with their probabilities.")
@@ -42,7 +42,7 @@ struct Classify: ParsableCommand {
         if let threads { Kernels.threads = threads }
         let inputs = try readInputs()
         Output.setUp()  // after reading: until then Ctrl-C simply ends the program
-        let path = try model ?? BundledClassifier.path()
+        let path = try model ?? BundledModel.classifier.path()
         let file = try MSZFile(path: path)
         let classifier = try loadClassifier(file)
         guard let tokenizerJSON = file.tokenizerJSON else {
@@ -99,24 +99,5 @@ struct Classify: ParsableCommand {
     /// The text as it goes on a tab-separated line: tabs and line breaks become spaces.
     func oneLine(_ s: String) -> String {
         String(s.map { $0 == "\t" || $0.isNewline ? " " : $0 })
-    }
-}
-
-/// Where the bundled classifier is found when no --model is given: $MSGEN_CLASSIFIER,
-/// then the places BundledModel looks for its model.
-enum BundledClassifier {
-    static let fileName = "models/mstrans-fortunes.msz"
-
-    static func path() throws -> String {
-        if let env = ProcessInfo.processInfo.environment["MSGEN_CLASSIFIER"], !env.isEmpty { return env }
-        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        let candidates = [
-            URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(fileName),
-            exe.appendingPathComponent("../../../\(fileName)").standardized,
-            exe.appendingPathComponent("../../\(fileName)").standardized,
-            exe.appendingPathComponent("../share/msgen/\(fileName)").standardized,
-        ]
-        for c in candidates where FileManager.default.fileExists(atPath: c.path) { return c.path }
-        throw MSGenError("no --model given and the bundled classifier \(fileName) was not found (pass --model or set MSGEN_CLASSIFIER)")
     }
 }

@@ -4,14 +4,20 @@ import MSGen
 import MSModels
 import MSTokenizer
 
-/// Where the bundled model is found when no --model is given.
-enum BundledModel {
-    static let fileName = "models/cst-kjv.msz"
+/// The models that ship in models/, found when no --model is given: the environment
+/// variable, then models/ in the current directory, then models/ of the source tree the
+/// binary was built in (.build/<config>/msgen → ../../models).
+struct BundledModel {
+    let fileName: String, environment: String, what: String
 
-    /// $MSGEN_MODEL, then models/ in the current directory, then models/ of the source
-    /// tree the binary was built in (.build/<config>/msgen → ../../models).
-    static func path() throws -> String {
-        if let env = ProcessInfo.processInfo.environment["MSGEN_MODEL"], !env.isEmpty { return env }
+    static let generator = BundledModel(fileName: "models/cst-kjv.msz", environment: "MSGEN_MODEL", what: "model")
+    static let classifier = BundledModel(fileName: "models/mstrans-fortunes.msz", environment: "MSGEN_CLASSIFIER", what: "classifier")
+
+    /// The bundled language model.
+    static func path() throws -> String { try generator.path() }
+
+    func path() throws -> String {
+        if let env = ProcessInfo.processInfo.environment[environment], !env.isEmpty { return env }
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
         let candidates = [
             URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(fileName),
@@ -20,7 +26,7 @@ enum BundledModel {
             exe.appendingPathComponent("../share/msgen/\(fileName)").standardized,
         ]
         for c in candidates where FileManager.default.fileExists(atPath: c.path) { return c.path }
-        throw MSGenError("no --model given and the bundled model \(fileName) was not found (set MSGEN_MODEL or pass --model)")
+        throw MSGenError("no --model given and the bundled \(what) \(fileName) was not found (pass --model or set \(environment))")
     }
 }
 
