@@ -1,4 +1,5 @@
 import CBLAS
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -90,16 +91,31 @@ public enum Kernels {
         }
     }
 
-    /// Exact GELU, x·Φ(x), in place.
+    /// Exact GELU, x·Φ(x), in place (split over the threads when it is large).
     public static func gelu(_ x: UnsafeMutablePointer<Float>, count n: Int) {
-        for i in 0..<n { let v = x[i]; x[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752)) }
+        parallelFor(n, minimum: 1 << 15) { r in
+            for i in r { let v = x[i]; x[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752)) }
+        }
     }
 
     /// GELU's tanh approximation (GPT-2's), in place.
     public static func geluTanh(_ x: UnsafeMutablePointer<Float>, count n: Int) {
-        for i in 0..<n {
-            let v = x[i]
-            x[i] = 0.5 * v * (1 + tanhf(0.79788456080286536 * (v + 0.044715 * v * v * v)))
+        parallelFor(n, minimum: 1 << 15) { r in
+            for i in r {
+                let v = x[i]
+                x[i] = 0.5 * v * (1 + tanhf(0.79788456080286536 * (v + 0.044715 * v * v * v)))
+            }
+        }
+    }
+
+    /// Runs `body` over [0, n) split into one contiguous range per thread, or in one go
+    /// when n is below `minimum` (small work does not pay for waking threads). Ranges are
+    /// disjoint, so bodies writing to their own range need no locks.
+    public static func parallelFor(_ n: Int, minimum: Int = 1, _ body: (Range<Int>) -> Void) {
+        let workers = min(threads, n / max(minimum, 1))
+        if workers <= 1 { body(0..<n); return }
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            body((n * w / workers)..<(n * (w + 1) / workers))
         }
     }
 

@@ -98,24 +98,28 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
         let h = Floats(count: T * D), u = Floats(count: T * D), qkv = Floats(count: T * 3 * D)
         let a = Floats(count: T * D), g = Floats(count: slices * D), f = Floats(count: T * config.dFF)
         let m = Floats(count: max(S, 1) * D), gqkv = Floats(count: max(S, 1) * 3 * D)
-        let keys = Floats(count: (max(W, G) + 1) * D), q = Floats(count: D), scores = Floats(count: max(W, G))
+        let keys = Floats(count: (max(W, G) + 1) * D), scores = Floats(count: max(W, G))
         io.embed(tokens, into: h.p)
 
         for (li, l) in layers.enumerated() {
             Kernels.layerNorm(h.p, rows: T, dim: D, weight: l.norm1w.p, bias: l.norm1b.p, eps: config.normEps, into: u.p)
             Kernels.linear(u.p, rows: T, in: D, weight: l.wqkv.p, out: 3 * D, bias: l.bqkv.p, into: qkv.p)
 
-            // Local attention, slice by slice: the window's keys with their P_l rows once,
-            // then each token of the slice attends to the causal prefix of that window.
-            for t in 0..<slices {
-                let start = max(0, t * L - E), end = min(T, t * L + L)
-                for j in start..<end { Kernels.sum(qkv.row(j, 3 * D) + D, l.plK.row(E + j - t * L, D), into: keys.row(j - start, D), count: D) }
-                for i in (t * L)..<end {
-                    Kernels.sum(qkv.row(i, 3 * D), l.plQ.row(E + i - t * L, D), into: q.p, count: D)
-                    for hd in 0..<H {
-                        Kernels.attend(query: q.p + hd * dh, keys: keys.p + hd * dh, keyStride: D,
-                                       values: qkv.row(start, 3 * D) + 2 * D + hd * dh, valueStride: 3 * D,
-                                       count: i - start + 1, headDim: dh, scale: scale, scores: scores.p, into: a.row(i, D) + hd * dh)
+            // Local attention, slice by slice (slices split over the threads): the window's
+            // keys with their P_l rows once, then each token of the slice attends to the
+            // causal prefix of that window.
+            Kernels.parallelFor(slices, minimum: 4) { range in
+                let keys = Floats(count: W * D), q = Floats(count: D), scores = Floats(count: W)
+                for t in range {
+                    let start = max(0, t * L - E), end = min(T, t * L + L)
+                    for j in start..<end { Kernels.sum(qkv.row(j, 3 * D) + D, l.plK.row(E + j - t * L, D), into: keys.row(j - start, D), count: D) }
+                    for i in (t * L)..<end {
+                        Kernels.sum(qkv.row(i, 3 * D), l.plQ.row(E + i - t * L, D), into: q.p, count: D)
+                        for hd in 0..<H {
+                            Kernels.attend(query: q.p + hd * dh, keys: keys.p + hd * dh, keyStride: D,
+                                           values: qkv.row(start, 3 * D) + 2 * D + hd * dh, valueStride: 3 * D,
+                                           count: i - start + 1, headDim: dh, scale: scale, scores: scores.p, into: a.row(i, D) + hd * dh)
+                        }
                     }
                 }
             }
