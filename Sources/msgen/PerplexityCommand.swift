@@ -38,7 +38,7 @@ struct PerplexityCommand: ParsableCommand {
     @Flag(help: "Print one JSON object.")
     var json = false
 
-    @Flag(name: .customLong("per-token"), help: "With --json, add every scored token's position, id and log-probability.")
+    @Flag(name: .customLong("per-token"), help: "With --json, add \"per_token\": every scored token's position, id and log-probability.")
     var perToken = false
 
     @Option(name: .customLong("kl-base"), help: "Base model for the KL divergence (same tokenizer).")
@@ -96,13 +96,17 @@ struct PerplexityCommand: ParsableCommand {
             o["files"] = .array(results.map { (name, r) in
                 var f = fields(r)
                 f["file"] = .string(name)
-                if perToken {
-                    f["per_token"] = .array(r.tokens.map {
-                        .object(["pos": .number(Double($0.pos)), "id": .number(Double($0.id)), "logprob": .number($0.logprob)])
-                    })
-                }
                 return .object(f)
             })
+            if perToken {  // positions are per file; "file" says which when there are several
+                o["per_token"] = .array(results.enumerated().flatMap { (i, fr) in
+                    fr.1.tokens.map { t -> JSONValue in
+                        var e: [String: JSONValue] = ["pos": .number(Double(t.pos)), "id": .number(Double(t.id)), "logprob": .number(t.logprob)]
+                        if results.count > 1 { e["file"] = .number(Double(i)) }
+                        return .object(e)
+                    }
+                })
+            }
             Output.write(JSONValue.object(o).compactText + "\n")
         } else {
             for (name, r) in results { Output.write(line(name, r)) }

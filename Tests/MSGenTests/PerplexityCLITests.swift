@@ -24,7 +24,11 @@ struct PerplexityCLITests {
         let files = o["files"] as! [[String: Any]]
         #expect(files.count == 2)
         #expect((o["tokens"] as! Int) == 2 * (files[0]["tokens"] as! Int))
-        #expect((files[0]["per_token"] as! [[String: Any]]).first?["pos"] as? Int == 1)
+        let perToken = o["per_token"] as! [[String: Any]]
+        #expect(perToken.count == o["tokens"] as! Int)
+        #expect(perToken.first?["pos"] as? Int == 1 && perToken.first?["file"] as? Int == 0 && perToken.last?["file"] as? Int == 1)
+        let sum = perToken.reduce(0.0) { $0 - ($1["logprob"] as! Double) }
+        #expect(abs(sum - (o["nll"] as! Double)) < 1e-6 * sum)
     }
 
     @Test func badInput() throws {
