@@ -7,6 +7,8 @@ import MSKernels
 public final class Floats: @unchecked Sendable {
     public let p: UnsafeMutablePointer<Float>
     public let count: Int
+    /// The tensor whose memory this is, when a float32 weight is used as loaded.
+    private let owner: TensorStorage?
 
     /// `zeroed: false` leaves large buffers untouched, so pages that are never written
     /// (the unused tail of a KV cache) never become resident.
@@ -14,8 +16,18 @@ public final class Floats: @unchecked Sendable {
         self.count = count
         p = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
         if zeroed { p.initialize(repeating: 0, count: max(count, 1)) }
+        owner = nil
     }
-    deinit { p.deallocate() }
+
+    /// A float32 tensor's own memory, without a copy.
+    init(_ t: Tensor) {
+        precondition(t.dtype == .f32)
+        count = t.count
+        p = t.storage.bytes.baseAddress!.assumingMemoryBound(to: Float.self)
+        owner = t.storage
+    }
+
+    deinit { if owner == nil { p.deallocate() } }
 
     /// Row `i` of a matrix with `width` columns.
     @inline(__always) public func row(_ i: Int, _ width: Int) -> UnsafeMutablePointer<Float> { p + i * width }
@@ -29,6 +41,7 @@ struct WeightSource {
 
     func callAsFunction(_ name: String) throws -> Floats {
         guard let t = tensors[name] else { throw MSGenError("the model has no tensor \(name)") }
+        if t.dtype == .f32 { return Floats(t) }
         let f = Floats(count: t.count)
         t.decode(into: f.p)
         return f
