@@ -31,6 +31,7 @@ let package = Package(
             name: "msgen",
             dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        .testTarget(name: "MSKernelsTests", dependencies: ["MSKernels"]),
         .testTarget(name: "MSModelsTests", dependencies: ["MSModels", "MSFormat"]),
         .testTarget(name: "MSGenTests", dependencies: ["MSGen", "MSModels", "MSFormat", "MSTokenizer", "msgen"]),
         .testTarget(

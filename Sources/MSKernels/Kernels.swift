@@ -91,11 +91,53 @@ public enum Kernels {
         }
     }
 
-    /// Exact GELU, x·Φ(x), in place (split over the threads when it is large).
+    /// Exact GELU, x·Φ(x) = x·(1 + erf(x/√2))/2, in place, eight lanes at a time (split
+    /// over the threads when it is large). libm's erff is scalar and was a tenth of a
+    /// prefill; `erf8` is within 2e-7 of it.
     public static func gelu(_ x: UnsafeMutablePointer<Float>, count n: Int) {
         parallelFor(n, minimum: 1 << 15) { r in
-            for i in r { let v = x[i]; x[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752)) }
+            var i = r.lowerBound
+            while i + 8 <= r.upperBound {
+                let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+                let y = 0.5 * v * (1 + erf8(v * 0.70710678118654752))
+                UnsafeMutableRawPointer(x + i).storeBytes(of: y, as: SIMD8<Float>.self)
+                i += 8
+            }
+            while i < r.upperBound { let v = x[i]; x[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752)); i += 1 }
         }
+    }
+
+    /// erf, Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7): no vector erf exists
+    /// in Swift or OpenBLAS, so it is written out here.
+    @inline(__always)
+    static func erf8(_ z: SIMD8<Float>) -> SIMD8<Float> {
+        let a: SIMD8<Float> = z.replacing(with: -z, where: z .< 0)
+        let t: SIMD8<Float> = 1 / (1 + 0.3275911 * a)
+        var poly: SIMD8<Float> = 1.061405429 * t - 1.453152027
+        poly = poly * t + 1.421413741
+        poly = poly * t - 0.284496736
+        poly = poly * t + 0.254829592
+        poly = poly * t
+        let y: SIMD8<Float> = 1 - poly * exp8(-(a * a))
+        return y.replacing(with: -y, where: z .< 0)
+    }
+
+    /// e^v for v ≤ 0: v = n·ln2 + r with |r| ≤ ln2/2, e^r by its Taylor series to r⁶
+    /// (relative error ~1e-7), 2^n put straight into the exponent bits.
+    @inline(__always)
+    static func exp8(_ v: SIMD8<Float>) -> SIMD8<Float> {
+        let x: SIMD8<Float> = v.replacing(with: -87, where: v .< -87)
+        let n: SIMD8<Float> = (x * 1.44269504088896341).rounded(.toNearestOrEven)
+        let r: SIMD8<Float> = x - n * 0.693145751953125 - n * 1.428606765330187e-06
+        var p: SIMD8<Float> = 1.0 / 720 * r + 1.0 / 120
+        p = p * r + 1.0 / 24
+        p = p * r + 1.0 / 6
+        p = p * r + 0.5
+        p = p * r + 1
+        p = p * r + 1
+        // n + 127 is a whole number in [1, 127]: added to 2^23 it lands in the mantissa bits.
+        let biased = unsafeBitCast(n + (127 + 8_388_608), to: SIMD8<UInt32>.self) & 0x7F_FFFF
+        return p * unsafeBitCast(biased &<< 23, to: SIMD8<Float>.self)
     }
 
     /// GELU's tanh approximation (GPT-2's), in place.

@@ -1,0 +1,52 @@
+import Foundation
+import Testing
+@testable import MSKernels
+
+/// The kernels against plain loops and libm.
+struct KernelsTests {
+    @Test func geluMatchesLibm() {
+        let xs = (0..<20_003).map { Float($0) / 1000 - 10 } + [0, -0.0, 1e-8, -87, 87, 300, -300]
+        var y = xs
+        y.withUnsafeMutableBufferPointer { Kernels.gelu($0.baseAddress!, count: $0.count) }
+        var worst: Float = 0
+        for (x, g) in zip(xs, y) {
+            let exact = Float(0.5 * Double(x) * (1 + Foundation.erf(Double(x) / 2.0.squareRoot())))
+            worst = max(worst, abs(g - exact) / max(1, abs(exact)))
+        }
+        #expect(worst < 1e-6, "worst relative error \(worst)")
+    }
+
+    @Test func linearMatchesLoops() {
+        let (m, k, n) = (5, 37, 19)
+        let x = (0..<(m * k)).map { Float(($0 * 7) % 13) - 6 }
+        let w = (0..<(n * k)).map { Float(($0 * 5) % 11) / 4 - 1 }
+        let b = (0..<n).map { Float($0) / 3 }
+        for rows in [1, m] {
+            var y = [Float](repeating: 0, count: rows * n)
+            Kernels.linear(x, rows: rows, in: k, weight: w, out: n, bias: b, into: &y)
+            for r in 0..<rows {
+                for j in 0..<n {
+                    var s = b[j]
+                    for i in 0..<k { s += x[r * k + i] * w[j * k + i] }
+                    #expect(abs(y[r * n + j] - s) < 1e-4)
+                }
+            }
+        }
+    }
+
+    @Test func attendIsSoftmaxWeightedValues() {
+        let (n, dh) = (5, 8)
+        let q = (0..<dh).map { Float($0) / 8 }
+        let keys = (0..<(n * dh)).map { Float(($0 * 3) % 7) / 7 }
+        let values = (0..<(n * dh)).map { Float($0 % 5) }
+        var out = [Float](repeating: 0, count: dh), scores = [Float](repeating: 0, count: n)
+        Kernels.attend(query: q, keys: keys, keyStride: dh, values: values, valueStride: dh, count: n, headDim: dh,
+                       scale: 0.5, scores: &scores, into: &out)
+        let s = (0..<n).map { j in exp(0.5 * (0..<dh).reduce(0) { $0 + Double(q[$1] * keys[j * dh + $1]) }) }
+        let total = s.reduce(0, +)
+        for d in 0..<dh {
+            let expected = (0..<n).reduce(0.0) { $0 + s[$1] / total * Double(values[$1 * dh + d]) }
+            #expect(abs(Double(out[d]) - expected) < 1e-5)
+        }
+    }
+}
