@@ -190,6 +190,34 @@ public enum Kernels {
         for j in 0..<n { axpy(scores[j], values + j * valueStride, out, count: dh) }
     }
 
+    /// Causal attention of one head for `count` new queries at positions start…start+count−1
+    /// over keys 0…(position): scores and weighted values as matrix products, a block of
+    /// queries at a time so that the score matrix stays small. `scratch` holds
+    /// block·(start+count) floats (see `causalScratch`).
+    public static func causalAttention(
+        queries q: UnsafePointer<Float>, queryStride: Int, keys: UnsafePointer<Float>, keyStride: Int,
+        values: UnsafePointer<Float>, valueStride: Int, start: Int, count: Int, headDim dh: Int, scale: Float,
+        scratch s: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>, outStride: Int
+    ) {
+        var b = 0
+        while b < count {
+            let rows = min(causalBlock, count - b), n = start + b + rows
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(dh), scale,
+                        q + b * queryStride, Int32(queryStride), keys, Int32(keyStride), 0, s, Int32(n))
+            for r in 0..<rows {
+                let valid = start + b + r + 1, row = s + r * n
+                softmax(row, count: valid)
+                (row + valid).update(repeating: 0, count: n - valid)
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(dh), Int32(n), 1,
+                        s, Int32(n), values, Int32(valueStride), 0, out + b * outStride, Int32(outStride))
+            b += rows
+        }
+    }
+
+    public static let causalBlock = 128
+    public static func causalScratch(keys: Int) -> Int { causalBlock * keys }
+
     /// The number of threads OpenBLAS uses.
     public static var threads: Int {
         get { Int(openblas_get_num_threads()) }

@@ -59,14 +59,17 @@ public final class TransformerDecoder: LanguageModel, @unchecked Sendable {
                 s.k.row(start + i, D).update(from: qkv.row(i, 3 * D) + D, count: D)
                 s.v.row(start + i, D).update(from: qkv.row(i, 3 * D) + 2 * D, count: D)
             }
-            Kernels.parallelFor(T, minimum: 16) { range in
-                let scores = range.count == T ? c.scores : Floats(count: N)
-                for i in range {
-                    for hd in 0..<H {
-                        Kernels.attend(query: qkv.row(i, 3 * D) + hd * dh, keys: s.k.p + hd * dh, keyStride: D,
-                                       values: s.v.p + hd * dh, valueStride: D, count: start + i + 1, headDim: dh,
-                                       scale: scale, scores: scores.p, into: a.row(i, D) + hd * dh)
-                    }
+            if T == 1 {
+                for hd in 0..<H {
+                    Kernels.attend(query: qkv.p + hd * dh, keys: s.k.p + hd * dh, keyStride: D, values: s.v.p + hd * dh,
+                                   valueStride: D, count: start + 1, headDim: dh, scale: scale, scores: c.scores.p, into: a.p + hd * dh)
+                }
+            } else {
+                let scratch = Floats(count: Kernels.causalScratch(keys: start + T), zeroed: false)
+                for hd in 0..<H {
+                    Kernels.causalAttention(queries: qkv.p + hd * dh, queryStride: 3 * D, keys: s.k.p + hd * dh, keyStride: D,
+                                            values: s.v.p + hd * dh, valueStride: D, start: start, count: T, headDim: dh,
+                                            scale: scale, scratch: scratch.p, into: a.p + hd * dh, outStride: D)
                 }
             }
             Kernels.linear(a.p, rows: T, in: D, weight: l.wo.p, out: D, bias: l.bo.p, into: h, accumulate: true)

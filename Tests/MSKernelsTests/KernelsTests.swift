@@ -49,4 +49,27 @@ struct KernelsTests {
             #expect(abs(Double(out[d]) - expected) < 1e-5)
         }
     }
+
+    /// Blocked causal attention equals one `attend` per query, across block edges.
+    @Test func causalAttentionEqualsPerQueryAttention() {
+        let (start, count, dh) = (5, 300, 8)
+        let n = start + count
+        let q = (0..<(count * dh)).map { Float(($0 * 7) % 17) / 17 - 0.5 }
+        let k = (0..<(n * dh)).map { Float(($0 * 5) % 13) / 13 - 0.5 }
+        let v = (0..<(n * dh)).map { Float(($0 * 3) % 11) / 11 }
+        var out = [Float](repeating: 0, count: count * dh)
+        var scratch = [Float](repeating: 0, count: Kernels.causalScratch(keys: n))
+        Kernels.causalAttention(queries: q, queryStride: dh, keys: k, keyStride: dh, values: v, valueStride: dh,
+                                start: start, count: count, headDim: dh, scale: 0.7, scratch: &scratch, into: &out, outStride: dh)
+        var worst: Float = 0
+        var one = [Float](repeating: 0, count: dh), scores = [Float](repeating: 0, count: n)
+        for i in 0..<count {
+            q.withUnsafeBufferPointer { qp in
+                Kernels.attend(query: qp.baseAddress! + i * dh, keys: k, keyStride: dh, values: v, valueStride: dh,
+                               count: start + i + 1, headDim: dh, scale: 0.7, scores: &scores, into: &one)
+            }
+            for d in 0..<dh { worst = max(worst, abs(one[d] - out[i * dh + d])) }
+        }
+        #expect(worst < 1e-5)
+    }
 }

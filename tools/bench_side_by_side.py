@@ -1,0 +1,148 @@
+"""msgen CST vs msgen baseline vs the PyTorch reference, measured side by side in one run.
+
+    .venv/bin/python tools/bench_side_by_side.py [--cst models/cst-kjv.msz] [--text FILE]
+
+Speed does not depend on the weights' values, so both models are the bundled CST's
+shape (d_model 256, 4 layers, 4 heads, d_ff 1024, vocab 4096); the baseline has the same
+sizes with learned positions long enough to decode at 8K. Unless --cst names a trained
+model, both get random weights. Every figure comes from this run, on this machine:
+
+  scoring   tokens/s of `msgen perplexity` (windows of 1024) vs the PyTorch reference
+            on the same weights, windows and text (torch batches 8 windows at a time)
+  decode    `msgen bench` ms/token at depths 256 … 8192 for both msgen models
+  memory    cache bytes at each depth and peak RSS
+
+and it writes tools/figures/decode-vs-context.png (latency and cache against depth).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from msgen_tools import tokenizer as tk  # noqa: E402
+from msgen_tools.export import export_checkpoint, load_checkpoint  # noqa: E402
+from msgen_tools.models import ModelConfig, build_model  # noqa: E402
+from msgen_tools.train_lm import perplexity  # noqa: E402
+
+MSGEN = ROOT / ".build" / "release" / "msgen"
+DEPTHS = [256, 1024, 2048, 4096, 8192]
+SHAPE = dict(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, d_ff=1024, tie_embeddings=True, eos_token_id=0)
+
+
+def run(args, **kw):
+    return subprocess.run([str(MSGEN)] + [str(a) for a in args], check=True, capture_output=True, text=True, **kw)
+
+
+def make_model(arch: dict, out: Path, tokenizer: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict({**SHAPE, **arch}))
+    model.init_weights()
+    export_checkpoint(model, out, tokenizer=tokenizer)
+    run(["convert", out, "-o", out.with_suffix(".msz")])
+    return out.with_suffix(".msz")
+
+
+def score_torch(ckpt: Path, ids, context: int, threads: int) -> dict:
+    model, cfg = load_checkpoint(ckpt)
+    torch.set_num_threads(threads)
+    perplexity(model, ids[: context * 2], context)  # warm up
+    t = time.perf_counter()
+    r = perplexity(model, ids, context)
+    r["seconds"] = time.perf_counter() - t
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cst-checkpoint", type=Path, help="a trained CST checkpoint dir (default: random weights)")
+    ap.add_argument("--text", type=Path, default=ROOT / "tools" / "data" / "kjv" / "test.txt")
+    ap.add_argument("--tokens", type=int, default=30_000, help="score this many tokens of --text")
+    ap.add_argument("--plot", type=Path, default=ROOT / "tools" / "figures" / "decode-vs-context.png")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for msgen and for PyTorch alike")
+    a = ap.parse_args()
+    subprocess.run(["swift", "build", "-c", "release", "--product", "msgen"], cwd=ROOT, check=True, capture_output=True)
+    tok_path = ROOT / "Tests" / "Fixtures" / "tokenizer" / "tokenizer.json"
+    if not a.text.exists():
+        subprocess.run([sys.executable, "-m", "msgen_tools.corpus"], cwd=ROOT / "tools", check=True)
+
+    work = Path(tempfile.mkdtemp(prefix="msgen-bench-"))
+    if a.cst_checkpoint:
+        cst_dir = a.cst_checkpoint
+        cst = work / "cst.msz"
+        run(["convert", cst_dir, "-o", cst])
+        tok_path = cst_dir / "tokenizer.json"
+    else:
+        cst_dir = work / "cst"
+        cst = make_model(dict(architecture="cst-decoder", slice_length=16, extension_ratio=3, max_slices=64), cst_dir, tok_path)
+    base_dir = work / "baseline"
+    base = make_model(dict(architecture="transformer-decoder", max_positions=8192 + 256), base_dir, tok_path)
+
+    # Scoring: the same text, windows and weights in msgen and in PyTorch.
+    tok = tk.load(tok_path)
+    ids = tok.encode(a.text.read_text(encoding="utf-8")).ids[: a.tokens]
+    text_file = work / "text.txt"
+    text_file.write_text(tok.decode(ids), encoding="utf-8")
+    ids = tok.encode(text_file.read_text(encoding="utf-8")).ids
+    scoring = {}
+    for name, msz, ckpt in [("cst", cst, cst_dir), ("baseline", base, base_dir)]:
+        m = json.loads(run(["perplexity", "--model", msz, "--context", 1024, "--json", "--threads", a.threads, text_file]).stdout)
+        t = score_torch(ckpt, ids, 1024, a.threads)
+        scoring[name] = dict(msgen_tps=m["tokens"] / m["seconds"], torch_tps=t["tokens"] / t["seconds"],
+                             msgen_ppl=m["ppl"], torch_ppl=t["ppl"], tokens=m["tokens"])
+
+    # Decode latency and memory by depth.
+    bench = {}
+    for name, msz in [("cst", cst), ("baseline", base)]:
+        bench[name] = json.loads(run(["bench", "--model", msz, "--json", "--repetitions", 3, "--decode-tokens", 32, "--threads", a.threads,
+                                      "--context", *DEPTHS]).stdout)
+
+    print(f"machine: {os.cpu_count()} cores, {a.threads} threads each for msgen and PyTorch; "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}")
+    print("\nscoring (perplexity windows of 1024, tokens/s)")
+    for name, s in scoring.items():
+        print(f"  {name:9s} msgen {s['msgen_tps']:8.0f}   pytorch {s['torch_tps']:8.0f}   msgen/pytorch {s['msgen_tps'] / s['torch_tps']:.2f}x"
+              f"   (ppl msgen {s['msgen_ppl']:.4f}, pytorch {s['torch_ppl']:.4f}, {s['tokens']} tokens)")
+    print(f"  msgen cst / msgen baseline: {scoring['cst']['msgen_tps'] / scoring['baseline']['msgen_tps']:.2f}x")
+    print("\ndecode (ms/token, median of 3 × 32 tokens) and cache")
+    print("  depth     cst ms   baseline ms   speed-up   cst cache   baseline cache   cache ratio")
+    dec = {n: {d["depth"]: d for d in b["decode"]} for n, b in bench.items()}
+    for depth in DEPTHS:
+        c, b = dec["cst"].get(depth), dec["baseline"].get(depth)
+        if not c or not b:
+            continue
+        cm, bm = c["seconds_per_token"]["median"] * 1e3, b["seconds_per_token"]["median"] * 1e3
+        print(f"  {depth:5d}   {cm:8.3f}   {bm:11.3f}   {bm / cm:7.2f}x   {c['cache_bytes'] / 1e6:7.2f} MB   {b['cache_bytes'] / 1e6:11.2f} MB"
+              f"   {b['cache_bytes'] / c['cache_bytes']:9.1f}x")
+    c256, c8k = dec["cst"][256], dec["cst"][8192]
+    print(f"  cst latency 8192 / 256: {c8k['seconds_per_token']['median'] / c256['seconds_per_token']['median']:.2f}")
+    for n, b in bench.items():
+        print(f"  {n} peak RSS {b['peak_rss_bytes'] / 1e6:.1f} MB, weights {b['weight_bytes'] / 1e6:.1f} MB")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for n, style in [("cst", "o-"), ("baseline", "s--")]:
+        xs = sorted(dec[n])
+        ax1.plot(xs, [dec[n][x]["seconds_per_token"]["median"] * 1e3 for x in xs], style, label=f"msgen {n}")
+        ax2.plot(xs, [dec[n][x]["cache_bytes"] / 1e6 for x in xs], style, label=f"msgen {n}")
+    ax1.set(xlabel="tokens in context", ylabel="ms per generated token", title="Decode latency", xscale="log")
+    ax2.set(xlabel="tokens in context", ylabel="cache MB", title="Cache memory", xscale="log", yscale="log")
+    for ax in (ax1, ax2):
+        ax.legend(); ax.grid(alpha=0.3)
+    fig.tight_layout()
+    a.plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(a.plot, dpi=100)
+    print(f"\nwrote {a.plot}")
+
+
+if __name__ == "__main__":
+    main()
