@@ -25,13 +25,14 @@ def new_bpe() -> Tokenizer:
     return tok
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int, extra_special: Iterable[str] = ()) -> Tokenizer:
     """Train on an iterable of strings. Deterministic: same texts, same vocab_size
-    -> byte-identical tokenizer.json (checked by the tests)."""
+    -> byte-identical tokenizer.json (checked by the tests). `extra_special` tokens
+    (e.g. "[CLS]" for the classifier) get ids 1, 2, ... after eos."""
     tok = new_bpe()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS],  # listed first, so it gets id 0
+        special_tokens=[EOS, *extra_special],  # listed first, so EOS gets id 0
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
