@@ -26,7 +26,7 @@ let package = Package(
         .target(name: "MSKernels", dependencies: ["CBLAS"]),
         .target(name: "MSTokenizer", dependencies: ["MSFormat"]),
         .target(name: "MSModels", dependencies: ["MSFormat", "MSKernels"]),
-        .target(name: "MSGen", dependencies: ["MSFormat", "MSModels", "MSTokenizer"]),
+        .target(name: "MSGen", dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer"]),
         .executableTarget(
             name: "msgen",
             dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen", .product(name: "ArgumentParser", package: "swift-argument-parser")]

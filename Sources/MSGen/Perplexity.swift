@@ -1,5 +1,6 @@
 import Foundation
 import MSFormat
+import MSKernels
 import MSModels
 import MSTokenizer
 
@@ -74,12 +75,12 @@ public struct Scorer {
         // Logits rows, and the positions they predict, in the order they are produced.
         func consume(_ logits: [Float], _ baseLogits: [Float]?, positions: Range<Int>) {
             for (row, pos) in positions.enumerated() {
-                let lp = logSoftmax(logits[(row * V)..<((row + 1) * V)])
-                let id = ids[pos]
-                result.tokens.append(Token(pos: pos, id: id, logprob: lp[id]))
+                let id = ids[pos], at = row * V
+                let lse = logits.withUnsafeBufferPointer { Kernels.logSumExp($0.baseAddress! + at, count: V) }
+                result.tokens.append(Token(pos: pos, id: id, logprob: Double(logits[at + id]) - lse))
                 result.bytes += byteLengths[id]
                 if let baseLogits {
-                    let lb = logSoftmax(baseLogits[(row * V)..<((row + 1) * V)])
+                    let lp = logSoftmax(logits[at..<(at + V)]), lb = logSoftmax(baseLogits[at..<(at + V)])
                     var kl = 0.0
                     for i in 0..<V where lb[i] > -.infinity { kl += exp(lb[i]) * (lb[i] - lp[i]) }
                     result.kl.append(max(kl, 0))
@@ -116,8 +117,7 @@ public struct Scorer {
 
 /// log softmax in Double, so that sums over many tokens keep their precision.
 func logSoftmax(_ x: ArraySlice<Float>) -> [Double] {
-    let m = Double(x.max()!)
-    let lse = m + log(x.reduce(0.0) { $0 + exp(Double($1) - m) })
+    let lse = x.withUnsafeBufferPointer { Kernels.logSumExp($0.baseAddress!, count: $0.count) }
     return x.map { Double($0) - lse }
 }
 

@@ -81,14 +81,29 @@ public enum Kernels {
     ) {
         for r in 0..<rows {
             let xr = x + r * dim, yr = y + r * dim
-            var mean: Float = 0
-            for i in 0..<dim { mean += xr[i] }
-            mean /= Float(dim)
-            var variance: Float = 0
-            for i in 0..<dim { let d = xr[i] - mean; variance += d * d }
+            let mean = sum(xr, count: dim) / Float(dim)
+            var acc = SIMD8<Float>(), i = 0
+            let vmean = SIMD8<Float>(repeating: mean)
+            while i + 8 <= dim { let d = load8(xr + i) - vmean; acc += d * d; i += 8 }
+            var variance = acc.sum()
+            while i < dim { let d = xr[i] - mean; variance += d * d; i += 1 }
             let inv = 1 / (variance / Float(dim) + eps).squareRoot()
-            for i in 0..<dim { yr[i] = (xr[i] - mean) * inv * weight[i] + bias[i] }
+            i = 0
+            while i + 8 <= dim {
+                store8((load8(xr + i) - vmean) * inv * load8(weight + i) + load8(bias + i), yr + i); i += 8
+            }
+            while i < dim { yr[i] = (xr[i] - mean) * inv * weight[i] + bias[i]; i += 1 }
         }
+    }
+
+    /// Σ x[i], eight lanes at a time.
+    @inline(__always)
+    public static func sum(_ x: UnsafePointer<Float>, count n: Int) -> Float {
+        var acc = SIMD8<Float>(), i = 0
+        while i + 8 <= n { acc += load8(x + i); i += 8 }
+        var s = acc.sum()
+        while i < n { s += x[i]; i += 1 }
+        return s
     }
 
     /// Exact GELU, x·Φ(x) = x·(1 + erf(x/√2))/2, in place, eight lanes at a time (split
@@ -127,7 +142,9 @@ public enum Kernels {
     @inline(__always)
     static func exp8(_ v: SIMD8<Float>) -> SIMD8<Float> {
         let x: SIMD8<Float> = v.replacing(with: -87, where: v .< -87)
-        let n: SIMD8<Float> = (x * 1.44269504088896341).rounded(.toNearestOrEven)
+        // Round to the nearest whole number by adding and subtracting 1.5·2^23 (exact for
+        // |x| < 2^22): `.rounded()` is a libm call per lane on the baseline x86-64 target.
+        let n: SIMD8<Float> = (x * 1.44269504088896341 + 12_582_912) - 12_582_912
         let r: SIMD8<Float> = x - n * 0.693145751953125 - n * 1.428606765330187e-06
         var p: SIMD8<Float> = 1.0 / 720 * r + 1.0 / 120
         p = p * r + 1.0 / 24
@@ -165,14 +182,65 @@ public enum Kernels {
         for i in 0..<n { x[i] = max(x[i], 0) }
     }
 
+    /// The largest of n > 0 values, eight lanes at a time.
+    public static func maximum(_ x: UnsafePointer<Float>, count n: Int) -> Float {
+        var acc = SIMD8<Float>(repeating: -.infinity), i = 0
+        while i + 8 <= n { let v = load8(x + i); acc.replace(with: v, where: v .> acc); i += 8 }
+        var m = acc.max()
+        while i < n { m = max(m, x[i]); i += 1 }
+        return m
+    }
+
+    /// Σ e^(x[i] − m) for m ≥ every x[i], in Double (the logits of one row can number in
+    /// the tens of thousands; each lane's partial sum is widened before it is added).
+    @inline(__always)
+    static func sumExp(_ x: UnsafePointer<Float>, count n: Int, minus m: Float) -> Double {
+        var acc = SIMD8<Float>(), total = 0.0, i = 0, k = 0
+        let vm = SIMD8<Float>(repeating: m)
+        while i + 8 <= n {
+            acc += exp8(load8(x + i) - vm); i += 8; k += 1
+            if k == 64 { total += Double(acc.sum()); acc = SIMD8<Float>(); k = 0 }
+        }
+        total += Double(acc.sum())
+        while i < n { total += Double(expf(x[i] - m)); i += 1 }
+        return total
+    }
+
+    /// log Σ e^x[i] over n > 0 values: what a log-softmax subtracts from every logit.
+    public static func logSumExp(_ x: UnsafePointer<Float>, count n: Int) -> Double {
+        let m = maximum(x, count: n)
+        guard m.isFinite else { return Double(m) }
+        return Double(m) + log(sumExp(x, count: n, minus: m))
+    }
+
     /// Softmax in place, with the maximum subtracted first so exp never overflows.
     public static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) {
-        var m = -Float.infinity
-        for i in 0..<n { m = max(m, x[i]) }
-        var s: Float = 0
-        for i in 0..<n { x[i] = expf(x[i] - m); s += x[i] }
+        let m = maximum(x, count: n), vm = SIMD8<Float>(repeating: m)
+        var acc = SIMD8<Float>(), i = 0
+        while i + 8 <= n {
+            let e = exp8(load8(x + i) - vm)
+            store8(e, x + i); acc += e; i += 8
+        }
+        var s = acc.sum()
+        while i < n { x[i] = expf(x[i] - m); s += x[i]; i += 1 }
         let inv = 1 / s
-        for i in 0..<n { x[i] *= inv }
+        scale(x, by: inv, count: n)
+    }
+
+    /// x *= a.
+    @inline(__always)
+    public static func scale(_ x: UnsafeMutablePointer<Float>, by a: Float, count n: Int) {
+        var i = 0
+        while i + 8 <= n { store8(load8(x + i) * a, x + i); i += 8 }
+        while i < n { x[i] *= a; i += 1 }
+    }
+
+    @inline(__always) static func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+        UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+    }
+
+    @inline(__always) static func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+        UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
     }
 
     /// One head of attention: out[dh] = Σ_j softmax_j(q·k_j · scale) · v_j over n keys.

@@ -129,11 +129,19 @@ struct ClassifyCLITests {
         expectOneLineError(try CLI.run(["classify", "--model", CLI.models.decoder, "hello"]), "ms-trans-encoder")
     }
 
-    /// Without --model the bundled classifier is used; until there is one, that is a clear error.
-    @Test func bundledClassifierOrAClearError() throws {
+    /// Without --model the bundled classifier (models/mstrans-fortunes.msz) is used: eight
+    /// fortune categories, and a programmer's joke lands in "computers".
+    @Test func bundledClassifierIsTheDefault() throws {
         let bundled = CLI.fixtures.appendingPathComponent("../../../models/mstrans-fortunes.msz").standardized.path
-        guard !FileManager.default.fileExists(atPath: bundled) else { return }
-        let r = try CLI.run(["classify", "hello"])
-        expectOneLineError(r, "models/mstrans-fortunes.msz")
+        #expect(FileManager.default.fileExists(atPath: bundled))
+        let text = "Real programmers don't comment their code. If it was hard to write, it should be hard to understand."
+        let r = try CLI.run(["classify", "--json", text])
+        #expect(r.status == 0, "\(r.stderr)")
+        let o = try JSONSerialization.jsonObject(with: r.stdout) as! [String: Any]
+        let probs = o["probs"] as! [String: Double]
+        #expect(o["label"] as? String == "computers")
+        #expect(Set(probs.keys) == ["computers", "definitions", "men-women", "politics", "science", "songs-poems", "work", "zippy"])
+        #expect(abs(probs.values.reduce(0, +) - 1) < 1e-4)
+        #expect(try CLI.run(["classify", "--json", "--model", bundled, text]).stdout == r.stdout)
     }
 }

@@ -16,6 +16,45 @@ struct KernelsTests {
         #expect(worst < 1e-6, "worst relative error \(worst)")
     }
 
+    /// Softmax, log-sum-exp, maximum and sum against Double loops, at lengths that
+    /// exercise the 8-lane body, the tail and the periodic widening of partial sums.
+    @Test func reductionsMatchDoubleLoops() {
+        for n in [1, 3, 8, 13, 64, 515, 4096, 50_001] {
+            let x = (0..<n).map { Float(sin(Double($0) * 12.9898) * 30) }
+            let m = x.map(Double.init).max()!
+            let lse = m + log(x.reduce(0.0) { $0 + exp(Double($1) - m) })
+            #expect(abs(Kernels.logSumExp(x, count: n) - lse) < 1e-5 * max(1, abs(lse)), "n \(n)")
+            #expect(Kernels.maximum(x, count: n) == x.max()!)
+            let total = x.reduce(0.0) { $0 + Double($1) }
+            #expect(abs(Double(Kernels.sum(x, count: n)) - total) < 1e-5 * Double(n) * 30)
+            var p = x
+            p.withUnsafeMutableBufferPointer { Kernels.softmax($0.baseAddress!, count: n) }
+            let worst = zip(x, p).map { abs(Double($1) - exp(Double($0) - lse)) }.max()!
+            #expect(worst < 1e-6, "n \(n): worst softmax error \(worst)")
+        }
+        // A row holding -inf (a masked score) gives it probability zero.
+        var masked: [Float] = [0, -.infinity, 1, 2, 3, 4, 5, 6, 7]
+        masked.withUnsafeMutableBufferPointer { Kernels.softmax($0.baseAddress!, count: $0.count) }
+        #expect(masked[1] < 1e-30 && abs(masked.reduce(0, +) - 1) < 1e-6)
+    }
+
+    @Test func layerNormMatchesDoubleLoop() {
+        let (rows, dim) = (3, 37)
+        let x = (0..<(rows * dim)).map { Float(($0 * 7) % 19) / 3 - 2 }
+        let w = (0..<dim).map { 1 + Float($0) / 50 }, b = (0..<dim).map { Float($0 % 5) / 10 }
+        var y = [Float](repeating: 0, count: rows * dim)
+        Kernels.layerNorm(x, rows: rows, dim: dim, weight: w, bias: b, eps: 1e-5, into: &y)
+        for r in 0..<rows {
+            let row = x[(r * dim)..<((r + 1) * dim)].map(Double.init)
+            let mean = row.reduce(0, +) / Double(dim)
+            let variance = row.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(dim)
+            for i in 0..<dim {
+                let expected = (row[i] - mean) / (variance + 1e-5).squareRoot() * Double(w[i]) + Double(b[i])
+                #expect(abs(Double(y[r * dim + i]) - expected) < 1e-5)
+            }
+        }
+    }
+
     @Test func linearMatchesLoops() {
         let (m, k, n) = (5, 37, 19)
         let x = (0..<(m * k)).map { Float(($0 * 7) % 13) - 6 }
