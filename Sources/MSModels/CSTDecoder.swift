@@ -106,20 +106,20 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
             Kernels.linear(u.p, rows: T, in: D, weight: l.wqkv.p, out: 3 * D, bias: l.bqkv.p, into: qkv.p)
 
             // Local attention, slice by slice (slices split over the threads): the window's
-            // keys with their P_l rows once, then each token of the slice attends to the
-            // causal prefix of that window.
+            // keys and the slice's queries with their P_l rows, then per head the causal
+            // attention of the slice's queries (window positions E… of the slice's first
+            // token) over the window, as two small matrix products.
             Kernels.parallelFor(slices, minimum: 4) { range in
-                let keys = Floats(count: W * D), q = Floats(count: D), scores = Floats(count: W)
+                let keys = Floats(count: W * D), q = Floats(count: L * D), scratch = Floats(count: L * W)
                 for t in range {
                     let start = max(0, t * L - E), end = min(T, t * L + L)
                     for j in start..<end { Kernels.sum(qkv.row(j, 3 * D) + D, l.plK.row(E + j - t * L, D), into: keys.row(j - start, D), count: D) }
-                    for i in (t * L)..<end {
-                        Kernels.sum(qkv.row(i, 3 * D), l.plQ.row(E + i - t * L, D), into: q.p, count: D)
-                        for hd in 0..<H {
-                            Kernels.attend(query: q.p + hd * dh, keys: keys.p + hd * dh, keyStride: D,
-                                           values: qkv.row(start, 3 * D) + 2 * D + hd * dh, valueStride: 3 * D,
-                                           count: i - start + 1, headDim: dh, scale: scale, scores: scores.p, into: a.row(i, D) + hd * dh)
-                        }
+                    for i in (t * L)..<end { Kernels.sum(qkv.row(i, 3 * D), l.plQ.row(E + i - t * L, D), into: q.row(i - t * L, D), count: D) }
+                    for hd in 0..<H {
+                        Kernels.causalAttention(queries: q.p + hd * dh, queryStride: D, keys: keys.p + hd * dh, keyStride: D,
+                                                values: qkv.row(start, 3 * D) + 2 * D + hd * dh, valueStride: 3 * D,
+                                                start: t * L - start, count: end - t * L, headDim: dh, scale: scale,
+                                                scratch: scratch.p, into: a.row(t * L, D) + hd * dh, outStride: D)
                     }
                 }
             }
