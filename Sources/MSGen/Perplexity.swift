@@ -74,10 +74,10 @@ public struct Scorer {
         let V = model.config.vocabSize
         // Logits rows, and the positions they predict, in the order they are produced.
         func consume(_ logits: [Float], _ baseLogits: [Float]?, positions: Range<Int>) {
+            let lse = Kernels.logSumExp(rows: positions.count, of: logits, count: V)
             for (row, pos) in positions.enumerated() {
                 let id = ids[pos], at = row * V
-                let lse = logits.withUnsafeBufferPointer { Kernels.logSumExp($0.baseAddress! + at, count: V) }
-                result.tokens.append(Token(pos: pos, id: id, logprob: Double(logits[at + id]) - lse))
+                result.tokens.append(Token(pos: pos, id: id, logprob: Double(logits[at + id]) - lse[row]))
                 result.bytes += byteLengths[id]
                 if let baseLogits {
                     let lp = logSoftmax(logits[at..<(at + V)]), lb = logSoftmax(baseLogits[at..<(at + V)])

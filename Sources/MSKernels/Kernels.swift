@@ -79,7 +79,7 @@ public enum Kernels {
         _ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
         eps: Float, into y: UnsafeMutablePointer<Float>
     ) {
-        for r in 0..<rows {
+        parallelFor(rows, minimum: 64) { range in for r in range {
             let xr = x + r * dim, yr = y + r * dim
             let mean = sum(xr, count: dim) / Float(dim)
             var acc = SIMD8<Float>(), i = 0
@@ -93,7 +93,7 @@ public enum Kernels {
                 store8((load8(xr + i) - vmean) * inv * load8(weight + i) + load8(bias + i), yr + i); i += 8
             }
             while i < dim { yr[i] = (xr[i] - mean) * inv * weight[i] + bias[i]; i += 1 }
-        }
+        } }
     }
 
     /// Σ x[i], eight lanes at a time.
@@ -211,6 +211,18 @@ public enum Kernels {
         let m = maximum(x, count: n)
         guard m.isFinite else { return Double(m) }
         return Double(m) + log(sumExp(x, count: n, minus: m))
+    }
+
+    /// logSumExp of each of `rows` rows of n values (rows split over the threads).
+    public static func logSumExp(rows: Int, of x: [Float], count n: Int) -> [Double] {
+        precondition(x.count >= rows * n)
+        var out = [Double](repeating: 0, count: rows)
+        x.withUnsafeBufferPointer { x in
+            out.withUnsafeMutableBufferPointer { o in
+                parallelFor(rows, minimum: 16) { r in for i in r { o[i] = logSumExp(x.baseAddress! + i * n, count: n) } }
+            }
+        }
+        return out
     }
 
     /// Softmax in place, with the maximum subtracted first so exp never overflows.

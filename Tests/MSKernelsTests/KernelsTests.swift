@@ -32,6 +32,12 @@ struct KernelsTests {
             let worst = zip(x, p).map { abs(Double($1) - exp(Double($0) - lse)) }.max()!
             #expect(worst < 1e-6, "n \(n): worst softmax error \(worst)")
         }
+        // Many rows at once (split over the threads) give each row's own value.
+        let (rows, n) = (37, 100)
+        let x = (0..<(rows * n)).map { Float(cos(Double($0) * 0.37) * Double($0 % 11)) }
+        let each = (0..<rows).map { r in x.withUnsafeBufferPointer { Kernels.logSumExp($0.baseAddress! + r * n, count: n) } }
+        #expect(Kernels.logSumExp(rows: rows, of: x, count: n) == each)
+        #expect(Set(each).count == rows)
         // A row holding -inf (a masked score) gives it probability zero.
         var masked: [Float] = [0, -.infinity, 1, 2, 3, 4, 5, 6, 7]
         masked.withUnsafeMutableBufferPointer { Kernels.softmax($0.baseAddress!, count: $0.count) }
