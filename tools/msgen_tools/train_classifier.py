@@ -363,6 +363,25 @@ def init_from_pretrained(model, run_dir: str):
         raise SystemExit(f"--init-from {run_dir}: missing {missing}, unexpected {unexpected}")
 
 
+def start_or_resume(run_dir: Path, args, fresh: dict, opt, **modules) -> dict:
+    """With --resume, loads run_dir/ckpt.pt into `modules` (by name) and `opt` and returns
+    its training state; otherwise starts a new log, saves the arguments, returns `fresh`."""
+    ckpt_path = run_dir / "ckpt.pt"
+    if not args.resume:
+        (run_dir / "log.jsonl").unlink(missing_ok=True)
+        with open(run_dir / "args.json", "w") as f:
+            json.dump(vars(args), f, indent=2)
+        return fresh
+    if not ckpt_path.exists():
+        raise SystemExit(f"--resume: no {ckpt_path}")
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # never runs code from the file
+    for name, module in modules.items():
+        module.load_state_dict(ck[name])
+    opt.load_state_dict(ck["opt"])
+    print(f"resumed {run_dir} after epoch {ck['state']['epoch']}", file=sys.stderr)
+    return ck["state"]
+
+
 def train(args):
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -384,19 +403,7 @@ def train(args):
     total = steps_per_epoch * args.epochs
 
     ckpt_path = run_dir / "ckpt.pt"
-    state = {"epoch": 0, "best": None, "history": [], "wall": 0.0}
-    if args.resume:
-        if not ckpt_path.exists():
-            raise SystemExit(f"--resume: no {ckpt_path}")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        state = ck["state"]
-        print(f"resumed {run_dir} after epoch {state['epoch']}", file=sys.stderr)
-    else:
-        (run_dir / "log.jsonl").unlink(missing_ok=True)
-        with open(run_dir / "args.json", "w") as f:
-            json.dump(vars(args), f, indent=2)
+    state = start_or_resume(run_dir, args, {"epoch": 0, "best": None, "history": [], "wall": 0.0}, opt, model=model)
 
     n_params = count_params(model)
     if args.arch != "transformer":
@@ -598,18 +605,7 @@ def pretrain(args):
     steps_per_epoch = len(make_batches([len(s) for s in seqs], args.batch_size, args.seed, 0))
     total = steps_per_epoch * args.epochs
     ckpt_path = run_dir / "ckpt.pt"
-    state = {"epoch": 0, "wall": 0.0, "history": []}
-    if args.resume:
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        head.load_state_dict(ck["head"])
-        opt.load_state_dict(ck["opt"])
-        state = ck["state"]
-        print(f"resumed {run_dir} after epoch {state['epoch']}", file=sys.stderr)
-    else:
-        (run_dir / "log.jsonl").unlink(missing_ok=True)
-        with open(run_dir / "args.json", "w") as f:
-            json.dump(vars(args), f, indent=2)
+    state = start_or_resume(run_dir, args, {"epoch": 0, "wall": 0.0, "history": []}, opt, model=model, head=head)
     print(f"pretrain: {len(texts):,} texts -> {len(seqs):,} pieces / {sum(map(len, seqs)):,} tokens "
           f"(+{len(held):,} held out), {steps_per_epoch} steps/epoch", file=sys.stderr)
     t0 = time.time() - state["wall"]
@@ -817,7 +813,7 @@ def load_trained(run_dir: Path):
     if (run_dir / "final").exists():
         from .export import load_checkpoint
         return load_checkpoint(run_dir / "final")[0]
-    ck = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    ck = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     model = TransformerEncoderClassifier(ModelConfig.from_dict(ck["config"]), ck["ffn"], ck["positions"])
     model.load_state_dict(ck["model"])
     return model.eval()
