@@ -38,7 +38,7 @@ let package = Package(
             name: "MSFormatTests",
             dependencies: ["MSFormat", "MSKernels", "msgen"]
         ),
-        .testTarget(name: "MSTokenizerTests", dependencies: ["MSTokenizer"]),
+        .testTarget(name: "MSTokenizerTests", dependencies: ["MSTokenizer", "MSGen"]),
     ],
     // Swift 5 mode: the kernels share raw buffers across threads by design (disjoint
     // ranges per worker), which Swift 6's checker cannot see.

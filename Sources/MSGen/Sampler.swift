@@ -89,11 +89,12 @@ public struct Sampler {
     }
 }
 
-/// SplitMix64: tiny, fast, and the same numbers on every machine for a given seed.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+/// SplitMix64: tiny, fast, and the same numbers on every machine for a given seed (the
+/// tests use it too, so that a failing random case can be reproduced).
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -101,7 +102,7 @@ struct SplitMix64 {
         return z ^ (z >> 31)
     }
     /// Uniform in [0, 1) with 53 random bits.
-    mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1p-53 }
+    public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1p-53 }
 }
 
 extension Double {

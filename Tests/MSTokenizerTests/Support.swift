@@ -1,4 +1,5 @@
 import Foundation
+import MSGen
 import MSTokenizer
 
 /// Fixtures under Tests/Fixtures/tokenizer, made by tools/msgen_tools/make_fixtures.py
@@ -39,18 +40,8 @@ enum Fixtures {
     }
 }
 
-/// SplitMix64: a seeded generator, so a failing random case can be reproduced.
-struct SeededRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// A seeded generator, so a failing random case can be reproduced.
+typealias SeededRNG = SplitMix64
 
 /// Scalars compared one by one: `==` on String is canonical equivalence, too lenient here.
 func sameScalars(_ a: String, _ b: String) -> Bool { a.unicodeScalars.elementsEqual(b.unicodeScalars) }
