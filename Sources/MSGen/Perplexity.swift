@@ -7,7 +7,7 @@ import MSTokenizer
 /// Perplexity of a token stream with the windows of DESIGN §6: windows of C tokens start
 /// every S tokens, and each scores — given the tokens before them in the window — only
 /// the tokens no earlier window scored. The first token is context only. Scoring uses the
-/// batched forward (matrix-matrix), one window at a time.
+/// batched forward (matrix-matrix), one window per thread.
 public struct Scorer {
     public let model: LanguageModel
     /// Bytes each token stands for (0 for special tokens), for bits per byte.
@@ -67,28 +67,11 @@ public struct Scorer {
     /// Scores `ids`. With `stream`, the whole text goes once through the bounded cache
     /// instead (prefill up to the context, then token by token). `base` adds the KL
     /// divergence of this model's distributions from base's on every scored token.
+    /// `threads` windows are scored at a time, one per thread.
     public func score(_ ids: [Int], context c: Int, stride s: Int, stream: Bool = false, base: LanguageModel? = nil,
-                      progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
+                      threads: Int = Kernels.threads, progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
         let started = Date()
         var result = Result()
-        let V = model.config.vocabSize
-        // Logits rows, and the positions they predict, in the order they are produced.
-        func consume(_ logits: [Float], _ baseLogits: [Float]?, positions: Range<Int>) {
-            let lse = Kernels.logSumExp(rows: positions.count, of: logits, count: V)
-            for (row, pos) in positions.enumerated() {
-                let id = ids[pos], at = row * V
-                result.tokens.append(Token(pos: pos, id: id, logprob: Double(logits[at + id]) - lse[row]))
-                result.bytes += byteLengths[id]
-                if let baseLogits {
-                    let lp = logSoftmax(logits[at..<(at + V)]), lb = logSoftmax(baseLogits[at..<(at + V)])
-                    var kl = 0.0
-                    for i in 0..<V where lb[i] > -.infinity { kl += exp(lb[i]) * (lb[i] - lp[i]) }
-                    result.kl.append(max(kl, 0))
-                    if argmax(lb) == argmax(lp) { result.sameTop += 1 }
-                }
-            }
-            progress(result.count, ids.count - 1)
-        }
         if stream {
             let n = min(ids.count, model.config.context)
             try check(ids.count <= n || model.canDecodePastContext,
@@ -96,21 +79,66 @@ public struct Scorer {
             let caches = [model.makeCache()] + (base.map { [$0.makeCache()] } ?? [])
             let first = try model.prefill(Array(ids[0..<n]), cache: caches[0], logitsFor: 0..<(n - 1))
             let firstBase = try base?.prefill(Array(ids[0..<n]), cache: caches[1], logitsFor: 0..<(n - 1))
-            consume(first, firstBase, positions: 1..<n)
+            result.add(scored(first, firstBase, ids: ids, positions: 1..<n))
+            progress(result.count, ids.count - 1)
             for pos in max(n, 1)..<ids.count {
                 let l = model.step(ids[pos - 1], cache: caches[0])
-                consume(l, base?.step(ids[pos - 1], cache: caches[1]), positions: pos..<(pos + 1))
+                result.add(scored(l, base?.step(ids[pos - 1], cache: caches[1]), ids: ids, positions: pos..<(pos + 1)))
+                progress(result.count, ids.count - 1)
             }
         } else {
-            for w in Scorer.windows(tokens: ids.count, context: c, stride: s) {
-                let window = Array(ids[w.start..<w.end])
-                let rows = (w.first - w.start - 1)..<(w.end - w.start - 1)
-                let logits = try model.prefill(window, cache: model.makeCache(), logitsFor: rows)
-                let baseLogits = try base?.prefill(window, cache: base!.makeCache(), logitsFor: rows)
-                consume(logits, baseLogits, positions: w.first..<w.end)
+            // Windows are independent, so with several threads each thread scores whole
+            // windows on its own (single-threaded BLAS) instead of all threads sharing one
+            // window: no thread waits at every matrix product, and the vector work between
+            // products (GELU, softmax, log-sum-exp) runs on every core. Results are merged
+            // in window order.
+            let windows = Scorer.windows(tokens: ids.count, context: c, stride: s)
+            let workers = max(1, min(threads, windows.count)), blasThreads = Kernels.threads
+            if workers > 1 { Kernels.threads = 1 }
+            defer { Kernels.threads = blasThreads }
+            for group in stride(from: 0, to: windows.count, by: workers) {
+                let batch = windows[group..<min(group + workers, windows.count)]
+                var parts = [Swift.Result<Result, Error>](repeating: .success(Result()), count: batch.count)
+                parts.withUnsafeMutableBufferPointer { out in
+                    DispatchQueue.concurrentPerform(iterations: batch.count) { i in
+                        out[i] = Swift.Result { try scoreWindow(batch[batch.startIndex + i], ids: ids, base: base) }
+                    }
+                }
+                for part in parts { result.add(try part.get()) }
+                progress(result.count, ids.count - 1)
             }
         }
         result.seconds = Date().timeIntervalSince(started)
+        return result
+    }
+
+    /// One window of DESIGN §6: the batched forward over [start, end), scoring [first, end).
+    func scoreWindow(_ w: Window, ids: [Int], base: LanguageModel?) throws -> Result {
+        let window = Array(ids[w.start..<w.end])
+        let rows = (w.first - w.start - 1)..<(w.end - w.start - 1)
+        let logits = try model.prefill(window, cache: model.makeCache(), logitsFor: rows)
+        let baseLogits = try base.map { try $0.prefill(window, cache: $0.makeCache(), logitsFor: rows) }
+        return scored(logits, baseLogits, ids: ids, positions: w.first..<w.end)
+    }
+
+    /// What rows of logits give for the tokens at `positions` (row r predicts positions[r]):
+    /// their log-probabilities and, with base logits, KL(base ‖ model) and same-top-token.
+    func scored(_ logits: [Float], _ baseLogits: [Float]?, ids: [Int], positions: Range<Int>) -> Result {
+        let V = model.config.vocabSize
+        var result = Result()
+        let lse = Kernels.logSumExp(rows: positions.count, of: logits, count: V)
+        for (row, pos) in positions.enumerated() {
+            let id = ids[pos], at = row * V
+            result.tokens.append(Token(pos: pos, id: id, logprob: Double(logits[at + id]) - lse[row]))
+            result.bytes += byteLengths[id]
+            if let baseLogits {
+                let lp = logSoftmax(logits[at..<(at + V)]), lb = logSoftmax(baseLogits[at..<(at + V)])
+                var kl = 0.0
+                for i in 0..<V where lb[i] > -.infinity { kl += exp(lb[i]) * (lb[i] - lp[i]) }
+                result.kl.append(max(kl, 0))
+                if argmax(lb) == argmax(lp) { result.sameTop += 1 }
+            }
+        }
         return result
     }
 }

@@ -44,7 +44,7 @@ struct PerplexityCommand: ParsableCommand {
     @Option(name: .customLong("kl-base"), help: "Base model for the KL divergence (same tokenizer).")
     var klBase: String?
 
-    @Option(help: "Threads for matrix work (default: all cores).")
+    @Option(help: "Threads (default: all cores). With several windows, each thread scores its own window.")
     var threads: Int?
 
     func run() throws {

@@ -59,6 +59,19 @@ struct PerplexityTests {
         #expect(stream.count == windows.count && abs(stream.nll - windows.nll) / windows.nll < 1e-5)
     }
 
+    @Test(arguments: ["cst_a3_shared_untied_gelutanh_full", "transformer_untied_gelutanh"])
+    func windowsOnSeveralThreadsEqualOneAtATime(_ name: String) throws {
+        let (model, tok) = try Self.load(name)
+        let ids = tok.encode(Self.text), scorer = Scorer(model: model, tokenizer: tok)
+        let c = model.config.context, s = c / 2 + 1   // several windows, not a multiple of 3
+        #expect(Scorer.windows(tokens: ids.count, context: c, stride: s).count % 3 != 0)
+        let one = try scorer.score(ids, context: c, stride: s, base: model, threads: 1)
+        let three = try scorer.score(ids, context: c, stride: s, base: model, threads: 3)
+        #expect(three.tokens.map(\.pos) == one.tokens.map(\.pos) && three.bytes == one.bytes)
+        #expect(zip(one.tokens, three.tokens).allSatisfy { abs($0.logprob - $1.logprob) < 1e-5 })
+        #expect(three.kl.count == one.kl.count && three.sameTop == one.sameTop)
+    }
+
     @Test func streamPastTheContextUsesTheRollingCache() throws {
         let (model, tok) = try Self.load("cst_a2_shared_untied_past_context")
         let ids = tok.encode(Self.text)
