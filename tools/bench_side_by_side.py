@@ -140,6 +140,7 @@ def main():
         print(f"  {n} peak RSS {b['peak_rss_bytes'] / 1e6:.1f} MB, weights {b['weight_bytes'] / 1e6:.1f} MB")
 
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -147,9 +148,12 @@ def main():
         xs = sorted(dec[n])
         ax1.plot(xs, [dec[n][x]["seconds_per_token"]["median"] * 1e3 for x in xs], style, label=f"msgen {n}")
         ax2.plot(xs, [dec[n][x]["cache_bytes"] / 1e6 for x in xs], style, label=f"msgen {n}")
-    ax1.set(xlabel="tokens in context", ylabel="ms per generated token", title="Decode latency", xscale="log")
-    ax2.set(xlabel="tokens in context", ylabel="cache MB", title="Cache memory", xscale="log", yscale="log")
+    ax1.set(xlabel="tokens in context", ylabel="ms per generated token", title=f"Decode latency ({a.threads} thread{'s' if a.threads > 1 else ''})")
+    ax2.set(xlabel="tokens in context", ylabel="cache MB", title="Cache memory", yscale="log")
     for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(DEPTHS, [str(d) for d in DEPTHS])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend(); ax.grid(alpha=0.3)
     fig.tight_layout()
     a.plot.parent.mkdir(parents=True, exist_ok=True)
