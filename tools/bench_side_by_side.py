@@ -140,7 +140,6 @@ def main():
         print(f"  {n} peak RSS {b['peak_rss_bytes'] / 1e6:.1f} MB, weights {b['weight_bytes'] / 1e6:.1f} MB")
 
     import matplotlib
-    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -153,7 +152,7 @@ def main():
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xticks(DEPTHS, [str(d) for d in DEPTHS])
-        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.minorticks_off()
         ax.legend(); ax.grid(alpha=0.3)
     fig.tight_layout()
     a.plot.parent.mkdir(parents=True, exist_ok=True)

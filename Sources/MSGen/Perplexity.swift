@@ -79,11 +79,11 @@ public struct Scorer {
             let caches = [model.makeCache()] + (base.map { [$0.makeCache()] } ?? [])
             let first = try model.prefill(Array(ids[0..<n]), cache: caches[0], logitsFor: 0..<(n - 1))
             let firstBase = try base?.prefill(Array(ids[0..<n]), cache: caches[1], logitsFor: 0..<(n - 1))
-            result.add(scored(first, firstBase, ids: ids, positions: 1..<n))
+            add(first, firstBase, ids: ids, positions: 1..<n, to: &result)
             progress(result.count, ids.count - 1)
             for pos in max(n, 1)..<ids.count {
                 let l = model.step(ids[pos - 1], cache: caches[0])
-                result.add(scored(l, base?.step(ids[pos - 1], cache: caches[1]), ids: ids, positions: pos..<(pos + 1)))
+                add(l, base?.step(ids[pos - 1], cache: caches[1]), ids: ids, positions: pos..<(pos + 1), to: &result)
                 progress(result.count, ids.count - 1)
             }
         } else {
@@ -118,14 +118,16 @@ public struct Scorer {
         let rows = (w.first - w.start - 1)..<(w.end - w.start - 1)
         let logits = try model.prefill(window, cache: model.makeCache(), logitsFor: rows)
         let baseLogits = try base.map { try $0.prefill(window, cache: $0.makeCache(), logitsFor: rows) }
-        return scored(logits, baseLogits, ids: ids, positions: w.first..<w.end)
+        var result = Result()
+        add(logits, baseLogits, ids: ids, positions: w.first..<w.end, to: &result)
+        return result
     }
 
-    /// What rows of logits give for the tokens at `positions` (row r predicts positions[r]):
-    /// their log-probabilities and, with base logits, KL(base ‖ model) and same-top-token.
-    func scored(_ logits: [Float], _ baseLogits: [Float]?, ids: [Int], positions: Range<Int>) -> Result {
+    /// Adds to `result` what rows of logits give for the tokens at `positions` (row r
+    /// predicts positions[r]): their log-probabilities and, with base logits,
+    /// KL(base ‖ model) and same-top-token.
+    func add(_ logits: [Float], _ baseLogits: [Float]?, ids: [Int], positions: Range<Int>, to result: inout Result) {
         let V = model.config.vocabSize
-        var result = Result()
         let lse = Kernels.logSumExp(rows: positions.count, of: logits, count: V)
         for (row, pos) in positions.enumerated() {
             let id = ids[pos], at = row * V
@@ -139,7 +141,6 @@ public struct Scorer {
                 if argmax(lb) == argmax(lp) { result.sameTop += 1 }
             }
         }
-        return result
     }
 }
 
