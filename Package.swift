@@ -23,7 +23,9 @@ let package = Package(
             dependencies: ["CZstd", .product(name: "ZIPFoundation", package: "ZIPFoundation")],
             exclude: ["FORMAT.md"]
         ),
-        .target(name: "MSKernels", dependencies: ["CBLAS"]),
+        // The element-wise loops, in C so that they can run as AVX2 + FMA (see cvector.c).
+        .target(name: "CVector"),
+        .target(name: "MSKernels", dependencies: ["CBLAS", "CVector"]),
         .target(name: "MSTokenizer", dependencies: ["MSFormat"]),
         .target(name: "MSModels", dependencies: ["MSFormat", "MSKernels"]),
         .target(name: "MSGen", dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer"]),

@@ -1,4 +1,5 @@
 import CBLAS
+import CVector
 import Dispatch
 #if canImport(Glibc)
 import Glibc
@@ -79,21 +80,9 @@ public enum Kernels {
         _ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
         eps: Float, into y: UnsafeMutablePointer<Float>
     ) {
-        parallelFor(rows, minimum: 64) { range in for r in range {
-            let xr = x + r * dim, yr = y + r * dim
-            let mean = sum(xr, count: dim) / Float(dim)
-            var acc = SIMD8<Float>(), i = 0
-            let vmean = SIMD8<Float>(repeating: mean)
-            while i + 8 <= dim { let d = load8(xr + i) - vmean; acc += d * d; i += 8 }
-            var variance = acc.sum()
-            while i < dim { let d = xr[i] - mean; variance += d * d; i += 1 }
-            let inv = 1 / (variance / Float(dim) + eps).squareRoot()
-            i = 0
-            while i + 8 <= dim {
-                store8((load8(xr + i) - vmean) * inv * load8(weight + i) + load8(bias + i), yr + i); i += 8
-            }
-            while i < dim { yr[i] = (xr[i] - mean) * inv * weight[i] + bias[i]; i += 1 }
-        } }
+        parallelFor(rows, minimum: 64) { range in
+            for r in range { msgen_layer_norm(x + r * dim, y + r * dim, dim, weight, bias, eps) }
+        }
     }
 
     /// Σ x[i], eight lanes at a time.
@@ -106,55 +95,11 @@ public enum Kernels {
         return s
     }
 
-    /// Exact GELU, x·Φ(x) = x·(1 + erf(x/√2))/2, in place, eight lanes at a time (split
-    /// over the threads when it is large). libm's erff is scalar and was a tenth of a
-    /// prefill; `erf8` is within 2e-7 of it.
+    /// Exact GELU, x·Φ(x) = x·(1 + erf(x/√2))/2, in place (split over the threads when
+    /// it is large). The loop is C (CVector): libm's erff is scalar and was a tenth of a
+    /// prefill; CVector's erf is within 2e-7 of it.
     public static func gelu(_ x: UnsafeMutablePointer<Float>, count n: Int) {
-        parallelFor(n, minimum: 1 << 15) { r in
-            var i = r.lowerBound
-            while i + 8 <= r.upperBound {
-                let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
-                let y = 0.5 * v * (1 + erf8(v * 0.70710678118654752))
-                UnsafeMutableRawPointer(x + i).storeBytes(of: y, as: SIMD8<Float>.self)
-                i += 8
-            }
-            while i < r.upperBound { let v = x[i]; x[i] = 0.5 * v * (1 + erff(v * 0.70710678118654752)); i += 1 }
-        }
-    }
-
-    /// erf, Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7): no vector erf exists
-    /// in Swift or OpenBLAS, so it is written out here.
-    @inline(__always)
-    static func erf8(_ z: SIMD8<Float>) -> SIMD8<Float> {
-        let a: SIMD8<Float> = z.replacing(with: -z, where: z .< 0)
-        let t: SIMD8<Float> = 1 / (1 + 0.3275911 * a)
-        var poly: SIMD8<Float> = 1.061405429 * t - 1.453152027
-        poly = poly * t + 1.421413741
-        poly = poly * t - 0.284496736
-        poly = poly * t + 0.254829592
-        poly = poly * t
-        let y: SIMD8<Float> = 1 - poly * exp8(-(a * a))
-        return y.replacing(with: -y, where: z .< 0)
-    }
-
-    /// e^v for v ≤ 0: v = n·ln2 + r with |r| ≤ ln2/2, e^r by its Taylor series to r⁶
-    /// (relative error ~1e-7), 2^n put straight into the exponent bits.
-    @inline(__always)
-    static func exp8(_ v: SIMD8<Float>) -> SIMD8<Float> {
-        let x: SIMD8<Float> = v.replacing(with: -87, where: v .< -87)
-        // Round to the nearest whole number by adding and subtracting 1.5·2^23 (exact for
-        // |x| < 2^22): `.rounded()` is a libm call per lane on the baseline x86-64 target.
-        let n: SIMD8<Float> = (x * 1.44269504088896341 + 12_582_912) - 12_582_912
-        let r: SIMD8<Float> = x - n * 0.693145751953125 - n * 1.428606765330187e-06
-        var p: SIMD8<Float> = 1.0 / 720 * r + 1.0 / 120
-        p = p * r + 1.0 / 24
-        p = p * r + 1.0 / 6
-        p = p * r + 0.5
-        p = p * r + 1
-        p = p * r + 1
-        // n + 127 is a whole number in [1, 127]: added to 2^23 it lands in the mantissa bits.
-        let biased = unsafeBitCast(n + (127 + 8_388_608), to: SIMD8<UInt32>.self) & 0x7F_FFFF
-        return p * unsafeBitCast(biased &<< 23, to: SIMD8<Float>.self)
+        parallelFor(n, minimum: 1 << 15) { r in msgen_gelu(x + r.lowerBound, r.count) }
     }
 
     /// GELU's tanh approximation (GPT-2's), in place.
@@ -182,35 +127,14 @@ public enum Kernels {
         for i in 0..<n { x[i] = max(x[i], 0) }
     }
 
-    /// The largest of n > 0 values, eight lanes at a time.
-    public static func maximum(_ x: UnsafePointer<Float>, count n: Int) -> Float {
-        var acc = SIMD8<Float>(repeating: -.infinity), i = 0
-        while i + 8 <= n { let v = load8(x + i); acc.replace(with: v, where: v .> acc); i += 8 }
-        var m = acc.max()
-        while i < n { m = max(m, x[i]); i += 1 }
-        return m
-    }
-
-    /// Σ e^(x[i] − m) for m ≥ every x[i], in Double (the logits of one row can number in
-    /// the tens of thousands; each lane's partial sum is widened before it is added).
-    @inline(__always)
-    static func sumExp(_ x: UnsafePointer<Float>, count n: Int, minus m: Float) -> Double {
-        var acc = SIMD8<Float>(), total = 0.0, i = 0, k = 0
-        let vm = SIMD8<Float>(repeating: m)
-        while i + 8 <= n {
-            acc += exp8(load8(x + i) - vm); i += 8; k += 1
-            if k == 64 { total += Double(acc.sum()); acc = SIMD8<Float>(); k = 0 }
-        }
-        total += Double(acc.sum())
-        while i < n { total += Double(expf(x[i] - m)); i += 1 }
-        return total
-    }
+    /// The largest of n > 0 values.
+    public static func maximum(_ x: UnsafePointer<Float>, count n: Int) -> Float { msgen_max(x, n) }
 
     /// log Σ e^x[i] over n > 0 values: what a log-softmax subtracts from every logit.
     public static func logSumExp(_ x: UnsafePointer<Float>, count n: Int) -> Double {
         let m = maximum(x, count: n)
         guard m.isFinite else { return Double(m) }
-        return Double(m) + log(sumExp(x, count: n, minus: m))
+        return Double(m) + log(msgen_sum_exp(x, n, m))
     }
 
     /// logSumExp of each of `rows` rows of n values (rows split over the threads).
@@ -226,18 +150,7 @@ public enum Kernels {
     }
 
     /// Softmax in place, with the maximum subtracted first so exp never overflows.
-    public static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) {
-        let m = maximum(x, count: n), vm = SIMD8<Float>(repeating: m)
-        var acc = SIMD8<Float>(), i = 0
-        while i + 8 <= n {
-            let e = exp8(load8(x + i) - vm)
-            store8(e, x + i); acc += e; i += 8
-        }
-        var s = acc.sum()
-        while i < n { x[i] = expf(x[i] - m); s += x[i]; i += 1 }
-        let inv = 1 / s
-        scale(x, by: inv, count: n)
-    }
+    public static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) { msgen_softmax(x, n) }
 
     /// x *= a.
     @inline(__always)
@@ -297,6 +210,13 @@ public enum Kernels {
 
     public static let causalBlock = 128
     public static func causalScratch(keys: Int) -> Int { causalBlock * keys }
+
+    /// Whether the element-wise loops run their AVX2 + FMA copies, on this thread (true by
+    /// default where the CPU has both; setting true elsewhere leaves it false).
+    public static var avx2: Bool {
+        get { msgen_vector_avx2() != 0 }
+        set { _ = msgen_vector_set_avx2(newValue ? 1 : 0) }
+    }
 
     /// The number of threads OpenBLAS uses.
     public static var threads: Int {

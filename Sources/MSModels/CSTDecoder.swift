@@ -95,8 +95,10 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
         let slices = (T + L - 1) / L          // slices with tokens
         let W = E + L                         // the longest local window
 
-        let h = Floats(count: T * D), u = Floats(count: T * D), qkv = Floats(count: T * 3 * D)
-        let a = Floats(count: T * D), g = Floats(count: slices * D), f = Floats(count: T * config.dFF)
+        // Activations, each written in full before it is read: not zeroed first.
+        let h = Floats(count: T * D, zeroed: false), u = Floats(count: T * D, zeroed: false)
+        let qkv = Floats(count: T * 3 * D, zeroed: false), a = Floats(count: T * D, zeroed: false)
+        let g = Floats(count: slices * D), f = Floats(count: T * config.dFF, zeroed: false)
         let m = Floats(count: max(S, 1) * D), gqkv = Floats(count: max(S, 1) * 3 * D)
         let keys = Floats(count: (max(W, G) + 1) * D), scores = Floats(count: max(W, G))
         io.embed(tokens, into: h.p)

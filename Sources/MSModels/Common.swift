@@ -122,7 +122,7 @@ struct EmbeddingAndHead {
 
     /// Logits of `rows` rows of h (which is left unchanged).
     func logits(_ h: UnsafePointer<Float>, rows: Int) -> [Float] {
-        let u = Floats(count: rows * dModel)
+        let u = Floats(count: rows * dModel, zeroed: false)
         Kernels.layerNorm(h, rows: rows, dim: dModel, weight: normFw.p, bias: normFb.p, eps: eps, into: u.p)
         return [Float](unsafeUninitializedCapacity: rows * vocab) { out, done in
             Kernels.linear(u.p, rows: rows, in: dModel, weight: head.p, out: vocab, bias: nil, into: out.baseAddress!)

@@ -85,10 +85,11 @@ public final class TransformerDecoder: LanguageModel, @unchecked Sendable {
         try check(T <= N, "the prompt has \(T) tokens; this model's context is \(N)")
         try check(tokens.allSatisfy { $0 >= 0 && $0 < V }, "token id out of range for a vocabulary of \(V)")
         guard T > 0 else { return [] }
-        let h = Floats(count: T * D)
+        // Activations, each written in full before it is read: not zeroed first.
+        let h = Floats(count: T * D, zeroed: false)
         embed(tokens, start: 0, into: h.p)
-        forward(h.p, rows: T, cache: c, u: Floats(count: T * D), qkv: Floats(count: T * 3 * D), a: Floats(count: T * D),
-                f: Floats(count: T * config.dFF))
+        forward(h.p, rows: T, cache: c, u: Floats(count: T * D, zeroed: false), qkv: Floats(count: T * 3 * D, zeroed: false),
+                a: Floats(count: T * D, zeroed: false), f: Floats(count: T * config.dFF, zeroed: false))
         let rows = logitsFor.clamped(to: 0..<T)
         return io.logits(h.row(rows.lowerBound, D), rows: rows.count)
     }

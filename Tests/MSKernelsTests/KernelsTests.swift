@@ -2,9 +2,13 @@ import Foundation
 import Testing
 @testable import MSKernels
 
-/// The kernels against plain loops and libm.
+/// The kernels against plain loops and libm. The element-wise ones run in both their
+/// copies (`avx2`: the AVX2 + FMA one where this CPU has it; false: the baseline one).
 struct KernelsTests {
-    @Test func geluMatchesLibm() {
+    @Test(arguments: [true, false]) func geluMatchesLibm(avx2: Bool) {
+        Kernels.avx2 = avx2
+        defer { Kernels.avx2 = true }
+        if !avx2 { #expect(!Kernels.avx2) }
         let xs = (0..<20_003).map { Float($0) / 1000 - 10 } + [0, -0.0, 1e-8, -87, 87, 300, -300]
         var y = xs
         y.withUnsafeMutableBufferPointer { Kernels.gelu($0.baseAddress!, count: $0.count) }
@@ -18,7 +22,9 @@ struct KernelsTests {
 
     /// Softmax, log-sum-exp, maximum and sum against Double loops, at lengths that
     /// exercise the 8-lane body, the tail and the periodic widening of partial sums.
-    @Test func reductionsMatchDoubleLoops() {
+    @Test(arguments: [true, false]) func reductionsMatchDoubleLoops(avx2: Bool) {
+        Kernels.avx2 = avx2
+        defer { Kernels.avx2 = true }
         for n in [1, 3, 8, 13, 64, 515, 4096, 50_001] {
             let x = (0..<n).map { Float(sin(Double($0) * 12.9898) * 30) }
             let m = x.map(Double.init).max()!
@@ -32,19 +38,25 @@ struct KernelsTests {
             let worst = zip(x, p).map { abs(Double($1) - exp(Double($0) - lse)) }.max()!
             #expect(worst < 1e-6, "n \(n): worst softmax error \(worst)")
         }
-        // Many rows at once (split over the threads) give each row's own value.
-        let (rows, n) = (37, 100)
-        let x = (0..<(rows * n)).map { Float(cos(Double($0) * 0.37) * Double($0 % 11)) }
-        let each = (0..<rows).map { r in x.withUnsafeBufferPointer { Kernels.logSumExp($0.baseAddress! + r * n, count: n) } }
-        #expect(Kernels.logSumExp(rows: rows, of: x, count: n) == each)
-        #expect(Set(each).count == rows)
         // A row holding -inf (a masked score) gives it probability zero.
         var masked: [Float] = [0, -.infinity, 1, 2, 3, 4, 5, 6, 7]
         masked.withUnsafeMutableBufferPointer { Kernels.softmax($0.baseAddress!, count: $0.count) }
         #expect(masked[1] < 1e-30 && abs(masked.reduce(0, +) - 1) < 1e-6)
     }
 
-    @Test func layerNormMatchesDoubleLoop() {
+    /// Many rows at once (split over the threads, which run the default copy) give each
+    /// row's own value.
+    @Test func logSumExpOfRowsIsEachRows() {
+        let (rows, n) = (37, 100)
+        let x = (0..<(rows * n)).map { Float(cos(Double($0) * 0.37) * Double($0 % 11)) }
+        let each = (0..<rows).map { r in x.withUnsafeBufferPointer { Kernels.logSumExp($0.baseAddress! + r * n, count: n) } }
+        #expect(Kernels.logSumExp(rows: rows, of: x, count: n) == each)
+        #expect(Set(each).count == rows)
+    }
+
+    @Test(arguments: [true, false]) func layerNormMatchesDoubleLoop(avx2: Bool) {
+        Kernels.avx2 = avx2
+        defer { Kernels.avx2 = true }
         let (rows, dim) = (3, 37)
         let x = (0..<(rows * dim)).map { Float(($0 * 7) % 19) / 3 - 2 }
         let w = (0..<dim).map { 1 + Float($0) / 50 }, b = (0..<dim).map { Float($0 % 5) / 10 }
