@@ -11,10 +11,14 @@ model, both get random weights. Every figure comes from this run, on this machin
             on the same weights, windows and text (torch batches 8 windows at a time)
   decode    `msgen bench` ms/token at depths 256 … 8192 for both msgen models
   memory    cache bytes at each depth and peak RSS
+  bound     the scoring tokens/s msgen could reach if nothing but its matrix products took
+            time: one window's Linear products (QKV, Wo, FFN, LM head) timed through the
+            same OpenBLAS, one thread each, as msgen calls them
 
 and it writes tools/figures/decode-vs-context.png (latency and cache against depth).
 """
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -60,6 +64,36 @@ def score_torch(ckpt: Path, ids, context: int, threads: int) -> dict:
     return r
 
 
+def gemm_bound(context: int, threads: int, repetitions: int = 5) -> dict:
+    """Scored tokens/s if a window of `context` tokens cost only its Linear products
+    (attention's small products and everything else free), timed through the system
+    OpenBLAS with one thread, with the beta msgen uses (1: bias or residual already in
+    the output; 0: the LM head). `threads` windows run at once in msgen, so the bound is
+    `threads` times one thread's; the machine's cores are not always that generous."""
+    blas = ctypes.CDLL("libopenblas.so.0")
+    blas.openblas_set_num_threads(1)
+    f = ctypes.c_float
+    blas.cblas_sgemm.argtypes = [ctypes.c_int] * 6 + [f, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                                                      f, ctypes.c_void_p, ctypes.c_int]
+    d, ff, v, layers, t = SHAPE["d_model"], SHAPE["d_ff"], SHAPE["vocab_size"], SHAPE["n_layers"], context
+    # (rows, in, out, beta) of each product y = x·Wᵀ: QKV, Wo, fc1, fc2 per layer, then the head.
+    shapes = [(t, d, 3 * d, 1), (t, d, d, 1), (t, d, ff, 1), (t, ff, d, 1)] * layers + [(t - 1, d, v, 0)]
+    bufs = [(torch.randn(m, k), torch.randn(n, k), torch.zeros(m, n)) for m, k, n, _ in shapes]
+
+    def window():
+        for (m, k, n, beta), (x, w, y) in zip(shapes, bufs):
+            blas.cblas_sgemm(101, 111, 112, m, n, k, 1.0, x.data_ptr(), k, w.data_ptr(), k, float(beta), y.data_ptr(), n)
+    window()
+    best = float("inf")
+    for _ in range(repetitions):
+        t0 = time.perf_counter()
+        window()
+        best = min(best, time.perf_counter() - t0)
+    flops = sum(2 * m * k * n for m, k, n, _ in shapes)
+    blas.openblas_set_num_threads(os.cpu_count())
+    return dict(tps=threads * (context - 1) / best, gflops=flops / best / 1e9, flop_per_token=flops / (context - 1))
+
+
 def print_scoring(a, scoring: dict):
     print(f"machine: {os.cpu_count()} cores, {a.threads} threads each for msgen and PyTorch; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}")
@@ -68,6 +102,10 @@ def print_scoring(a, scoring: dict):
         print(f"  {name:9s} msgen {s['msgen_tps']:8.0f}   pytorch {s['torch_tps']:8.0f}   msgen/pytorch {s['msgen_tps'] / s['torch_tps']:.2f}x"
               f"   (ppl msgen {s['msgen_ppl']:.4f}, pytorch {s['torch_ppl']:.4f}, {s['tokens']} tokens)")
     print(f"  msgen cst / msgen baseline: {scoring['cst']['msgen_tps'] / scoring['baseline']['msgen_tps']:.2f}x")
+    b, torch_tps = gemm_bound(1024, a.threads), scoring["cst"]["torch_tps"]
+    print(f"  bound: its Linear products alone ({b['flop_per_token'] / 1e6:.2f} MFLOP/token) run at {b['gflops']:.1f} GFLOP/s"
+          f" per thread in OpenBLAS: at most {b['tps']:.0f} tokens/s = {b['tps'] / torch_tps:.2f}x pytorch"
+          f" (msgen reaches {scoring['cst']['msgen_tps'] / b['tps']:.0%} of it)")
 
 
 def main():
