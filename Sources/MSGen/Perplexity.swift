@@ -90,23 +90,27 @@ public struct Scorer {
             // Windows are independent, so with several threads each thread scores whole
             // windows on its own (single-threaded BLAS) instead of all threads sharing one
             // window: no thread waits at every matrix product, and the vector work between
-            // products (GELU, softmax, log-sum-exp) runs on every core. Results are merged
-            // in window order.
+            // products (GELU, softmax, log-sum-exp) runs on every core. Thread w takes
+            // windows w, w + workers, …; results are merged in window order at the end.
             let windows = Scorer.windows(tokens: ids.count, context: c, stride: s)
             let workers = max(1, min(threads, windows.count)), blasThreads = Kernels.threads
             if workers > 1 { Kernels.threads = 1 }
             defer { Kernels.threads = blasThreads }
-            for group in stride(from: 0, to: windows.count, by: workers) {
-                let batch = windows[group..<min(group + workers, windows.count)]
-                var parts = [Swift.Result<Result, Error>](repeating: .success(Result()), count: batch.count)
-                parts.withUnsafeMutableBufferPointer { out in
-                    DispatchQueue.concurrentPerform(iterations: batch.count) { i in
-                        out[i] = Swift.Result { try scoreWindow(batch[batch.startIndex + i], ids: ids, base: base) }
+            var parts = [Swift.Result<Result, Error>](repeating: .success(Result()), count: windows.count)
+            let lock = NSLock()
+            var scored = 0
+            parts.withUnsafeMutableBufferPointer { out in
+                DispatchQueue.concurrentPerform(iterations: workers) { w in
+                    for i in stride(from: w, to: windows.count, by: workers) {
+                        out[i] = Swift.Result { try scoreWindow(windows[i], ids: ids, base: base) }
+                        lock.withLock {
+                            scored += (try? out[i].get().count) ?? 0
+                            progress(scored, ids.count - 1)
+                        }
                     }
                 }
-                for part in parts { result.add(try part.get()) }
-                progress(result.count, ids.count - 1)
             }
+            for part in parts { result.add(try part.get()) }
         }
         result.seconds = Date().timeIntervalSince(started)
         return result
