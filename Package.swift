@@ -33,12 +33,14 @@ let package = Package(
             name: "msgen",
             dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // What the test targets share: running the built msgen binary.
+        .target(name: "MSGenTestSupport", path: "Tests/Support"),
         .testTarget(name: "MSKernelsTests", dependencies: ["MSKernels"]),
         .testTarget(name: "MSModelsTests", dependencies: ["MSModels", "MSFormat"]),
-        .testTarget(name: "MSGenTests", dependencies: ["MSGen", "MSModels", "MSFormat", "MSTokenizer", "msgen"]),
+        .testTarget(name: "MSGenTests", dependencies: ["MSGen", "MSModels", "MSFormat", "MSTokenizer", "msgen", "MSGenTestSupport"]),
         .testTarget(
             name: "MSFormatTests",
-            dependencies: ["MSFormat", "MSKernels", "msgen"]
+            dependencies: ["MSFormat", "MSKernels", "msgen", "MSGenTestSupport"]
         ),
         .testTarget(name: "MSTokenizerTests", dependencies: ["MSTokenizer", "MSGen"]),
     ],

@@ -52,7 +52,7 @@ struct ConvertTests {
         #expect(r.status == 0, "\(r.stderr)")
         let i = try CLI.run(["inspect", "--json", "--verify", out])
         #expect(i.status == 0, "\(i.stderr)")
-        let info = try JSONSerialization.jsonObject(with: Data(i.stdout.utf8)) as! [String: Any]
+        let info = try JSONSerialization.jsonObject(with: i.stdout) as! [String: Any]
         #expect(info["architecture"] as? String == "cst-decoder")
         #expect((info["config"] as? [String: Any])?["note"] as? String == "unknown keys are kept")
         let tensors = info["tensors"] as! [[String: Any]]

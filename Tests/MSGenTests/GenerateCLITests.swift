@@ -1,4 +1,5 @@
 import Foundation
+import MSGenTestSupport
 import Testing
 
 /// `msgen generate` as a user runs it: bad input gives one line on stderr and a non-zero
@@ -6,17 +7,6 @@ import Testing
 struct GenerateCLITests {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/golden")
-    static let binary: String = {
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        for _ in 0..<4 {
-            let c = dir.appendingPathComponent("msgen").path
-            if FileManager.default.isExecutableFile(atPath: c) { return c }
-            dir = dir.deletingLastPathComponent()
-        }
-        return fixtures.appendingPathComponent("../../../.build/debug/msgen").standardized.path
-    }()
-
-    /// Converted once per process: a CST decoder and an MS-Trans encoder.
     static let models: (decoder: String, encoder: String) = {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("msgen-cli-\(getpid())")
         try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -26,32 +16,9 @@ struct GenerateCLITests {
         return (dec, enc)
     }()
 
-    struct Result { let status: Int32; let stdout: Data; let stderr: String }
-
-    /// Runs msgen; `signalAfter` sends SIGINT once that many stdout bytes have arrived.
+    typealias Result = MSGenCLI.Result
     static func run(_ args: [String], stdin: Data = Data(), signalAfter: Int? = nil, closeStdoutAfter: Int? = nil) throws -> Result {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        let out = Pipe(), err = Pipe(), inp = Pipe()
-        p.standardOutput = out; p.standardError = err; p.standardInput = inp
-        try p.run()
-        inp.fileHandleForWriting.write(stdin)
-        try inp.fileHandleForWriting.close()
-        var stdout = Data()
-        if signalAfter != nil || closeStdoutAfter != nil {
-            while stdout.count < (signalAfter ?? closeStdoutAfter)! {
-                let chunk = out.fileHandleForReading.availableData
-                if chunk.isEmpty { break }
-                stdout += chunk
-            }
-            if signalAfter != nil { kill(p.processIdentifier, SIGINT) }
-            if closeStdoutAfter != nil { try out.fileHandleForReading.close() }
-        }
-        if closeStdoutAfter == nil { stdout += out.fileHandleForReading.readDataToEndOfFile() }
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, stdout: stdout, stderr: String(decoding: e, as: UTF8.self))
+        try MSGenCLI.run(args, stdin: stdin, signalAfter: signalAfter, closeStdoutAfter: closeStdoutAfter)
     }
 
     func expectOneLineError(_ r: Result, _ text: String) {
