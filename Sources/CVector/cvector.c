@@ -1,5 +1,6 @@
 /* Why C: these loops are most of what msgen does between matrix products, and they run
-   three times faster 8 lanes wide with fused multiply-add. Swift compiles for the
+   about three times faster 8 lanes wide with fused multiply-add (GELU: 0.49 s → 0.17 s
+   when scoring 51,739 tokens on one thread). Swift compiles for the
    baseline x86-64 target (SSE, no FMA) and SwiftPM allows no per-target -mavx2 for a
    package others depend on; C's per-function target attribute needs no flag. Each loop
    is written once, on GCC/Clang vector types, and compiled into an AVX2 + FMA copy and
@@ -22,14 +23,14 @@ typedef int v8i __attribute__((vector_size(32)));
 INLINE v8f load(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
 INLINE void store(float *p, v8f v) { memcpy(p, &v, sizeof v); }
 INLINE v8f splat(float a) { return (v8f){a, a, a, a, a, a, a, a}; }
-INLINE v8f select(v8i mask, v8f a, v8f b) { return (v8f)((mask & (v8i)a) | (~mask & (v8i)b)); }
-INLINE v8f vmax(v8f a, v8f b) { return select(a > b, a, b); }
+INLINE v8f blend(v8i mask, v8f a, v8f b) { return (v8f)((mask & (v8i)a) | (~mask & (v8i)b)); }
+INLINE v8f vmax(v8f a, v8f b) { return blend(a > b, a, b); }
 INLINE float hsum(v8f v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
 /* e^x for x ≤ 0: x = n·ln2 + r with |r| ≤ ln2/2, e^r by its Taylor series to r⁶
    (relative error ~1e-7), 2^n put straight into the exponent bits. */
 INLINE v8f exp8(v8f x) {
-    x = select(x < -87.f, splat(-87.f), x);  /* (NaN stays NaN) */
+    x = blend(x < -87.f, splat(-87.f), x);  /* (NaN stays NaN) */
     /* Round to the nearest whole number by adding and subtracting 1.5·2^23. */
     v8f n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
     v8f r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
