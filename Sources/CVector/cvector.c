@@ -127,8 +127,7 @@ INLINE void layer_norm(const float *x, float *y, long n, const float *w, const f
     for (; i < n; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
 }
 
-/* Each kernel twice: an AVX2 + FMA copy (x86-64 only) and a baseline one. */
-/* Per thread, so that a test can check the baseline copy without changing what other
+/* Which copy runs: per thread, so that a test can check the baseline copy without changing what other
    threads run. -1: not yet asked. */
 static _Thread_local int use_avx2 = -1;
 #if defined(__x86_64__)
@@ -142,27 +141,24 @@ int msgen_vector_avx2(void) {
     if (use_avx2 < 0) use_avx2 = cpu_has_avx2();
     return use_avx2;
 }
-int msgen_vector_set_avx2(int on) { use_avx2 = on && cpu_has_avx2(); return use_avx2; }
+void msgen_vector_set_avx2(int on) { use_avx2 = on && cpu_has_avx2(); }
 #define PICK(avx2_call, base_call) (msgen_vector_avx2() ? (avx2_call) : (base_call))
 
-AVX2 static void gelu_avx2(float *x, long n) { gelu(x, n); }
-static void gelu_base(float *x, long n) { gelu(x, n); }
-void msgen_gelu(float *x, long n) { PICK(gelu_avx2(x, n), gelu_base(x, n)); }
+/* Each kernel twice, an AVX2 + FMA copy (x86-64 only) and a baseline one, and the
+   exported function that picks one. */
+#define TWO_COPIES(ret, exported, kernel, params, args)                         \
+    AVX2 static ret kernel##_avx2 params { return kernel args; }                \
+    static ret kernel##_base params { return kernel args; }                     \
+    ret exported params { return PICK(kernel##_avx2 args, kernel##_base args); }
+/* The same for kernels that return nothing (C allows no `return` of a void call). */
+#define TWO_COPIES_VOID(exported, kernel, params, args)                          \
+    AVX2 static void kernel##_avx2 params { kernel args; }                      \
+    static void kernel##_base params { kernel args; }                           \
+    void exported params { PICK(kernel##_avx2 args, kernel##_base args); }
 
-AVX2 static float max_avx2(const float *x, long n) { return maximum(x, n); }
-static float max_base(const float *x, long n) { return maximum(x, n); }
-float msgen_max(const float *x, long n) { return PICK(max_avx2(x, n), max_base(x, n)); }
-
-AVX2 static double sum_exp_avx2(const float *x, long n, float m) { return sum_exp(x, n, m); }
-static double sum_exp_base(const float *x, long n, float m) { return sum_exp(x, n, m); }
-double msgen_sum_exp(const float *x, long n, float m) { return PICK(sum_exp_avx2(x, n, m), sum_exp_base(x, n, m)); }
-
-AVX2 static void softmax_avx2(float *x, long n) { softmax(x, n); }
-static void softmax_base(float *x, long n) { softmax(x, n); }
-void msgen_softmax(float *x, long n) { PICK(softmax_avx2(x, n), softmax_base(x, n)); }
-
-AVX2 static void layer_norm_avx2(const float *x, float *y, long n, const float *w, const float *b, float eps) { layer_norm(x, y, n, w, b, eps); }
-static void layer_norm_base(const float *x, float *y, long n, const float *w, const float *b, float eps) { layer_norm(x, y, n, w, b, eps); }
-void msgen_layer_norm(const float *x, float *y, long n, const float *w, const float *b, float eps) {
-    PICK(layer_norm_avx2(x, y, n, w, b, eps), layer_norm_base(x, y, n, w, b, eps));
-}
+TWO_COPIES_VOID(msgen_gelu, gelu, (float *x, long n), (x, n))
+TWO_COPIES(float, msgen_max, maximum, (const float *x, long n), (x, n))
+TWO_COPIES(double, msgen_sum_exp, sum_exp, (const float *x, long n, float m), (x, n, m))
+TWO_COPIES_VOID(msgen_softmax, softmax, (float *x, long n), (x, n))
+TWO_COPIES_VOID(msgen_layer_norm, layer_norm, (const float *x, float *y, long n, const float *w, const float *b, float eps),
+                (x, y, n, w, b, eps))

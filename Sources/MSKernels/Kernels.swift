@@ -152,20 +152,8 @@ public enum Kernels {
     /// Softmax in place, with the maximum subtracted first so exp never overflows.
     public static func softmax(_ x: UnsafeMutablePointer<Float>, count n: Int) { msgen_softmax(x, n) }
 
-    /// x *= a.
-    @inline(__always)
-    public static func scale(_ x: UnsafeMutablePointer<Float>, by a: Float, count n: Int) {
-        var i = 0
-        while i + 8 <= n { store8(load8(x + i) * a, x + i); i += 8 }
-        while i < n { x[i] *= a; i += 1 }
-    }
-
     @inline(__always) static func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
         UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
-    }
-
-    @inline(__always) static func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
-        UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
     }
 
     /// One head of attention: out[dh] = Σ_j softmax_j(q·k_j · scale) · v_j over n keys.
@@ -215,7 +203,7 @@ public enum Kernels {
     /// default where the CPU has both; setting true elsewhere leaves it false).
     public static var avx2: Bool {
         get { msgen_vector_avx2() != 0 }
-        set { _ = msgen_vector_set_avx2(newValue ? 1 : 0) }
+        set { msgen_vector_set_avx2(newValue ? 1 : 0) }
     }
 
     /// The number of threads OpenBLAS uses.

@@ -17,8 +17,8 @@ void msgen_softmax(float *x, long n);
 void msgen_layer_norm(const float *x, float *y, long n, const float *w, const float *b, float eps);
 /* Whether the AVX2 + FMA copies run (by default: when this CPU has AVX2 and FMA). */
 int msgen_vector_avx2(void);
-/* Turns the AVX2 + FMA copies off (0) or back on where the CPU has them; returns the
-   new setting, for the calling thread only. For tests, which check both copies. */
-int msgen_vector_set_avx2(int on);
+/* Turns the AVX2 + FMA copies off (0) or back on where the CPU has them, for the calling
+   thread only. For tests, which check both copies. */
+void msgen_vector_set_avx2(int on);
 
 #endif
