@@ -51,6 +51,8 @@ public final class TransformerDecoder: LanguageModel, @unchecked Sendable {
     /// values to the cache; token i attends to every cached token and to new tokens ≤ i.
     func forward(_ h: UnsafeMutablePointer<Float>, rows T: Int, cache c: KVCache, u: Floats, qkv: Floats, a: Floats, f: Floats) {
         let start = c.position
+        // Score rows of the causal attention over several tokens, shared by every layer and head.
+        let scratch = T > 1 ? Floats(count: Kernels.causalScratch(keys: start + T), zeroed: false) : nil
         for (li, l) in layers.enumerated() {
             let s = c.layers[li]
             Kernels.layerNorm(h, rows: T, dim: D, weight: l.norm1w.p, bias: l.norm1b.p, eps: config.normEps, into: u.p)
@@ -59,17 +61,16 @@ public final class TransformerDecoder: LanguageModel, @unchecked Sendable {
                 s.k.row(start + i, D).update(from: qkv.row(i, 3 * D) + D, count: D)
                 s.v.row(start + i, D).update(from: qkv.row(i, 3 * D) + 2 * D, count: D)
             }
-            if T == 1 {
-                for hd in 0..<H {
-                    Kernels.attend(query: qkv.p + hd * dh, keys: s.k.p + hd * dh, keyStride: D, values: s.v.p + hd * dh,
-                                   valueStride: D, count: start + 1, headDim: dh, scale: scale, scores: c.scores.p, into: a.p + hd * dh)
-                }
-            } else {
-                let scratch = Floats(count: Kernels.causalScratch(keys: start + T), zeroed: false)
+            if let scratch {
                 for hd in 0..<H {
                     Kernels.causalAttention(queries: qkv.p + hd * dh, queryStride: 3 * D, keys: s.k.p + hd * dh, keyStride: D,
                                             values: s.v.p + hd * dh, valueStride: D, start: start, count: T, headDim: dh,
                                             scale: scale, scratch: scratch.p, into: a.p + hd * dh, outStride: D)
+                }
+            } else {  // one token: one query per head
+                for hd in 0..<H {
+                    Kernels.attend(query: qkv.p + hd * dh, keys: s.k.p + hd * dh, keyStride: D, values: s.v.p + hd * dh,
+                                   valueStride: D, count: start + 1, headDim: dh, scale: scale, scores: c.scores.p, into: a.p + hd * dh)
                 }
             }
             Kernels.linear(a.p, rows: T, in: D, weight: l.wo.p, out: D, bias: l.bo.p, into: h, accumulate: true)
