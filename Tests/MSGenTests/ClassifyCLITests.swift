@@ -3,10 +3,8 @@ import Testing
 import MSFormat
 
 /// `msgen classify` as a user runs it, on golden encoder fixtures converted with
-/// `msgen convert` (the harness is GenerateCLITests').
+/// `msgen convert`.
 struct ClassifyCLITests {
-    typealias CLI = GenerateCLITests
-
     /// A converted fixture, the sentence its golden probabilities are for (the `text`
     /// of tools/msgen_tools/make_fixtures.py, listed in the fixtures' README) and those.
     struct Model { let path: String; let sentence: String; let labels: [String]; let probs: [Float] }

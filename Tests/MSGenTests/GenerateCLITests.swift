@@ -2,9 +2,11 @@ import Foundation
 import MSGenTestSupport
 import Testing
 
-/// `msgen generate` as a user runs it: bad input gives one line on stderr and a non-zero
-/// exit; a closed stdout or Ctrl-C end it cleanly.
-struct GenerateCLITests {
+/// The msgen binary, run as a user would (shared with the format tests).
+typealias CLI = MSGenCLI
+
+/// The models the CLI tests run: converted once per process from the golden fixtures.
+extension MSGenCLI {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/golden")
     static let models: (decoder: String, encoder: String) = {
@@ -15,30 +17,29 @@ struct GenerateCLITests {
         _ = try! run(["convert", fixtures.appendingPathComponent("mstrans_fixed_scales").path, "-o", enc])
         return (dec, enc)
     }()
+}
 
-    typealias Result = MSGenCLI.Result
-    static func run(_ args: [String], stdin: Data = Data(), signalAfter: Int? = nil, closeStdoutAfter: Int? = nil) throws -> Result {
-        try MSGenCLI.run(args, stdin: stdin, signalAfter: signalAfter, closeStdoutAfter: closeStdoutAfter)
-    }
-
-    func expectOneLineError(_ r: Result, _ text: String) {
+/// `msgen generate` as a user runs it: bad input gives one line on stderr and a non-zero
+/// exit; a closed stdout or Ctrl-C end it cleanly.
+struct GenerateCLITests {
+    func expectOneLineError(_ r: CLI.Result, _ text: String) {
         #expect(r.status != 0)
         let lines = r.stderr.split(separator: "\n").filter { !$0.hasPrefix("seed ") }
         #expect(lines.count == 1 && r.stderr.contains(text), "\(r.stderr)")
     }
 
     @Test func generatesAndReportsTheSeed() throws {
-        let r = try Self.run(["generate", "--model", Self.models.decoder, "--seed", "5", "--max-tokens", "8", "In the beginning"])
+        let r = try CLI.run(["generate", "--model", CLI.models.decoder, "--seed", "5", "--max-tokens", "8", "In the beginning"])
         #expect(r.status == 0)
         #expect(String(decoding: r.stdout, as: UTF8.self).hasPrefix("In the beginning"))
         #expect(r.stderr.contains("seed 5"))
         // The same seed gives the same bytes, with one thread or two.
-        let again = try Self.run(["--model", Self.models.decoder, "--seed", "5", "--max-tokens", "8", "--threads", "1", "In the beginning"])
+        let again = try CLI.run(["--model", CLI.models.decoder, "--seed", "5", "--max-tokens", "8", "--threads", "1", "In the beginning"])
         #expect(again.stdout == r.stdout)
     }
 
     @Test func jsonEventsAndStdinLines() throws {
-        let r = try Self.run(["--model", Self.models.decoder, "--lines", "--json", "--max-tokens", "3", "--seed", "1"],
+        let r = try CLI.run(["--model", CLI.models.decoder, "--lines", "--json", "--max-tokens", "3", "--seed", "1"],
                              stdin: Data("first\n\nsecond\r\n".utf8))
         #expect(r.status == 0)
         let events = String(decoding: r.stdout, as: UTF8.self).split(separator: "\n").map {
@@ -48,34 +49,34 @@ struct GenerateCLITests {
         #expect(events.filter { $0["event"] as? String == "done" }.map { $0["prompt"] as? Int } == [0, 1])
         #expect(events.last?["stop_reason"] as? String == "max_tokens")
         // The CRLF line is the prompt "second", without its line end.
-        let tokens = try Self.run(["tokenize", "--model", Self.models.decoder, "--json", "second"])
+        let tokens = try CLI.run(["tokenize", "--model", CLI.models.decoder, "--json", "second"])
         let ids = (try JSONSerialization.jsonObject(with: tokens.stdout) as! [String: Any])["ids"] as! [Int]
         #expect(events.last?["prompt_tokens"] as? Int == ids.count)
     }
 
     @Test func badInputIsOneClearLine() throws {
-        let m = Self.models.decoder
-        expectOneLineError(try Self.run(["--model", m], stdin: Data([0x66, 0xFF, 0xFE])), "not valid UTF-8")
-        expectOneLineError(try Self.run(["--model", m, String(repeating: "word ", count: 400)]), "longer than the model's context")
-        expectOneLineError(try Self.run(["--model", Self.models.encoder, "hello"]), "ms-trans-encoder")
-        expectOneLineError(try Self.run(["--model", "/nonexistent.msz", "hello"]), "cannot open")
-        expectOneLineError(try Self.run(["--model", m, "--top-p", "0", "x"]), "--top-p")
-        expectOneLineError(try Self.run(["--model", m, "--lines"], stdin: Data("\n\n".utf8)), "no lines")
+        let m = CLI.models.decoder
+        expectOneLineError(try CLI.run(["--model", m], stdin: Data([0x66, 0xFF, 0xFE])), "not valid UTF-8")
+        expectOneLineError(try CLI.run(["--model", m, String(repeating: "word ", count: 400)]), "longer than the model's context")
+        expectOneLineError(try CLI.run(["--model", CLI.models.encoder, "hello"]), "ms-trans-encoder")
+        expectOneLineError(try CLI.run(["--model", "/nonexistent.msz", "hello"]), "cannot open")
+        expectOneLineError(try CLI.run(["--model", m, "--top-p", "0", "x"]), "--top-p")
+        expectOneLineError(try CLI.run(["--model", m, "--lines"], stdin: Data("\n\n".utf8)), "no lines")
     }
 
     @Test func emptyPromptStartsFromEndOfText() throws {
-        let r = try Self.run(["--model", Self.models.decoder, "--max-tokens", "4", "--seed", "2"], stdin: Data())
+        let r = try CLI.run(["--model", CLI.models.decoder, "--max-tokens", "4", "--seed", "2"], stdin: Data())
         #expect(r.status == 0)
     }
 
     @Test func closedStdoutEndsQuietly() throws {
-        let r = try Self.run(["--model", Self.models.decoder, "--max-tokens", "100000", "--ignore-eos", "x"], closeStdoutAfter: 1)
+        let r = try CLI.run(["--model", CLI.models.decoder, "--max-tokens", "100000", "--ignore-eos", "x"], closeStdoutAfter: 1)
         #expect(r.status == 0)
         #expect(!r.stderr.contains("Fatal") && !r.stderr.contains("rror"))
     }
 
     @Test func ctrlCStopsWithANewlineAnd130() throws {
-        let r = try Self.run(["--model", Self.models.decoder, "--max-tokens", "100000000", "--ignore-eos", "x"], signalAfter: 200)
+        let r = try CLI.run(["--model", CLI.models.decoder, "--max-tokens", "100000000", "--ignore-eos", "x"], signalAfter: 200)
         #expect(r.status == 130)
         #expect(r.stdout.last == UInt8(ascii: "\n"))
     }

@@ -3,7 +3,6 @@ import Testing
 
 /// `msgen perplexity` from the command line: JSON fields and bad input.
 struct PerplexityCLITests {
-    typealias CLI = GenerateCLITests
 
     static let dir: URL = {
         let d = FileManager.default.temporaryDirectory.appendingPathComponent("msgen-ppl-\(getpid())")
