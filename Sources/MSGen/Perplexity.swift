@@ -67,9 +67,12 @@ public struct Scorer {
     /// Scores `ids`. With `stream`, the whole text goes once through the bounded cache
     /// instead (prefill up to the context, then token by token). `base` adds the KL
     /// divergence of this model's distributions from base's on every scored token.
-    /// `threads` windows are scored at a time, one per thread.
+    /// `threads` windows are scored at a time, one per thread; each window's matrix
+    /// products use `Kernels.threads` threads, so for one window per core set that to 1
+    /// first (as `msgen perplexity` does). Scoring never changes it: it is process-wide,
+    /// and changing it while other threads are in OpenBLAS alters their results.
     public func score(_ ids: [Int], context c: Int, stride s: Int, stream: Bool = false, base: LanguageModel? = nil,
-                      threads: Int = Kernels.threads, progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
+                      threads: Int = 1, progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
         let started = Date()
         var result = Result()
         if stream {
@@ -87,15 +90,10 @@ public struct Scorer {
                 progress(result.count, ids.count - 1)
             }
         } else {
-            // Windows are independent, so with several threads each thread scores whole
-            // windows on its own (single-threaded BLAS) instead of all threads sharing one
-            // window: no thread waits at every matrix product, and the vector work between
-            // products (GELU, softmax, log-sum-exp) runs on every core. Thread w takes
-            // windows w, w + workers, …; results are merged in window order at the end.
+            // Windows are independent: thread w scores windows w, w + workers, … whole;
+            // results are merged in window order at the end.
             let windows = Scorer.windows(tokens: ids.count, context: c, stride: s)
-            let workers = max(1, min(threads, windows.count)), blasThreads = Kernels.threads
-            if workers > 1 { Kernels.threads = 1 }
-            defer { Kernels.threads = blasThreads }
+            let workers = max(1, min(threads, windows.count))
             var parts = [Swift.Result<Result, Error>](repeating: .success(Result()), count: windows.count)
             let lock = NSLock()
             var scored = 0

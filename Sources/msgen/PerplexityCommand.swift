@@ -49,7 +49,8 @@ struct PerplexityCommand: ParsableCommand {
 
     func run() throws {
         Output.setUp()
-        if let threads { try check(threads >= 1, "--threads must be ≥ 1"); Kernels.threads = threads }
+        if let threads { try check(threads >= 1, "--threads must be ≥ 1") }
+        let threadCount = threads ?? Kernels.threads  // default: all cores
         let path = try model ?? BundledModel.path()
         let file = try MSZFile(path: path)
         let lm = try loadLanguageModel(file)
@@ -80,7 +81,13 @@ struct PerplexityCommand: ParsableCommand {
         var total = Scorer.Result()
         let started = Date()
         for (name, ids) in texts {
-            let r = try scorer.score(ids, context: C, stride: S, stream: stream, base: base) { done, all in
+            // Several windows: each thread scores whole windows with single-threaded BLAS, so
+            // no thread waits at every matrix product and the vector work between products
+            // runs on every core. One pass (a short file, --stream): all threads share it.
+            let windows = stream ? 1 : Scorer.windows(tokens: ids.count, context: C, stride: S).count
+            Kernels.threads = windows > 1 ? 1 : threadCount
+            let r = try scorer.score(ids, context: C, stride: S, stream: stream, base: base,
+                                     threads: windows > 1 ? threadCount : 1) { done, all in
                 guard Terminal.stderrIsTTY else { return }
                 let elapsed = Date().timeIntervalSince(started)
                 let eta = done > 0 ? elapsed / Double(done) * Double(all - done) : 0
