@@ -206,7 +206,8 @@ public enum Kernels {
         set { msgen_vector_set_avx2(newValue ? 1 : 0) }
     }
 
-    /// The number of threads OpenBLAS uses.
+    /// The number of threads OpenBLAS uses, process-wide. Set it only while no other
+    /// thread is in an OpenBLAS call: changing it mid-call alters that call's results.
     public static var threads: Int {
         get { Int(openblas_get_num_threads()) }
         set { openblas_set_num_threads(Int32(newValue)) }
