@@ -4,7 +4,7 @@ import MSFormat
 import MSGen
 import MSKernels
 
-struct Generate: AsyncParsableCommand {
+struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stream a continuation of each prompt.",
         discussion: """
@@ -75,7 +75,7 @@ struct Generate: AsyncParsableCommand {
         if let threads, threads < 1 { throw MSGenError("--threads must be ≥ 1") }
     }
 
-    func run() async throws {
+    func run() throws {
         Output.setUp()
         if let threads { Kernels.threads = threads }
         let inputs = try readPrompts()
@@ -94,26 +94,25 @@ struct Generate: AsyncParsableCommand {
         Terminal.note("seed \(options.sampler.seed)")
 
         for (index, prompt) in inputs.enumerated() {
-            // Check the prompt before printing anything for it.
-            _ = try generator.promptTokens(prompt)
+            // Tokenized once, and checked before anything is printed for it.
+            let ids = try generator.promptTokens(prompt)
             if !json && index > 0 { Output.write("\n") }
             if !json && !noEcho { Output.write(prompt) }
-            for try await event in generator.stream(prompt, options: options) {
-                if Interrupt.requested { break }
+            var reason = StopReason.maxTokens
+            try generator.generate(ids, options: options, isCancelled: { Interrupt.requested }) { event in
                 switch event {
-                case .token(let id, let text):
-                    Output.write(json ? JSONLine.token(prompt: index, id: id, text: text) : text)
+                case .token(let d):
+                    // JSON reports each token's own text; plain output what is printed.
+                    Output.write(json ? JSONLine.token(prompt: index, d) : d.text)
                 case .done(let s):
-                    if json { Output.write(JSONLine.done(prompt: index, s)) } else { Output.write("\n") }
+                    reason = s.stopReason
+                    if json { Output.write(JSONLine.done(prompt: index, s)) } else { Output.write(s.heldBackText + "\n") }
                     Terminal.note(String(format: "prompt %d tokens in %.3f s; generated %d tokens in %.3f s (%.1f tokens/s); stop: %@",
                                          s.promptTokens, s.prefillSeconds, s.generatedTokens, s.decodeSeconds,
                                          Double(s.generatedTokens) / max(s.decodeSeconds, 1e-9), s.stopReason.rawValue))
                 }
             }
-            if Interrupt.requested {
-                if !json { Output.write("\n") }
-                throw ExitCode(130)
-            }
+            if reason == .cancelled { throw ExitCode(130) }
         }
     }
 
@@ -138,8 +137,8 @@ struct Generate: AsyncParsableCommand {
 
 /// The JSON Lines events of `generate --json`.
 enum JSONLine {
-    static func token(prompt: Int, id: Int, text: String) -> String {
-        encode(["event": .string("token"), "prompt": .number(Double(prompt)), "id": .number(Double(id)), "text": .string(text)])
+    static func token(prompt: Int, _ d: Decoded) -> String {
+        encode(["event": .string("token"), "prompt": .number(Double(prompt)), "id": .number(Double(d.id)), "text": .string(d.piece)])
     }
 
     static func done(prompt: Int, _ s: GenerationSummary) -> String {

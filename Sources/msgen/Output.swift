@@ -8,6 +8,12 @@ enum Output {
     static func setUp() {
         signal(SIGPIPE, SIG_IGN)
         signal(SIGINT, { _ in Interrupt.requested = true })
+        // A parent may hand down a mask that blocks SIGINT (a process spawned from a
+        // Dispatch worker thread does): Ctrl-C must reach the handler all the same.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 
     static func write(_ s: String) {
