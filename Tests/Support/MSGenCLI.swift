@@ -24,14 +24,21 @@ public enum MSGenCLI {
         public let stderr: String
     }
 
-    /// Runs msgen; `signalAfter` sends SIGINT once that many stdout bytes have arrived.
-    public static func run(_ args: [String], stdin: Data = Data(), signalAfter: Int? = nil, closeStdoutAfter: Int? = nil) throws -> Result {
+    /// Runs msgen; `signalAfter` sends SIGINT once that many stdout bytes have arrived. A
+    /// run still going after `timeout` seconds is killed (status 9), so that a test that
+    /// fails by hanging ends anyway.
+    public static func run(_ args: [String], stdin: Data = Data(), signalAfter: Int? = nil, closeStdoutAfter: Int? = nil,
+                           timeout: Double = 600) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = args
         let out = Pipe(), err = Pipe(), inp = Pipe()
         p.standardOutput = out; p.standardError = err; p.standardInput = inp
         try p.run()
+        let pid = p.processIdentifier
+        let killer = DispatchWorkItem { kill(pid, SIGKILL) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
+        defer { killer.cancel() }
         inp.fileHandleForWriting.write(stdin)
         try inp.fileHandleForWriting.close()
         var stdout = Data()
