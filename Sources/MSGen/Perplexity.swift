@@ -71,8 +71,11 @@ public struct Scorer {
     /// products use `Kernels.threads` threads, so for one window per core set that to 1
     /// first (as `msgen perplexity` does). Scoring never changes it: it is process-wide,
     /// and changing it while other threads are in OpenBLAS alters their results.
+    /// `isCancelled` is asked before each window (each token with `stream`); once it says
+    /// yes, scoring throws `CancellationError` when the windows under way are done.
     public func score(_ ids: [Int], context c: Int, stride s: Int, stream: Bool = false, base: LanguageModel? = nil,
-                      threads: Int = 1, progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
+                      threads: Int = 1, isCancelled: () -> Bool = { false },
+                      progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
         let started = Date()
         var result = Result()
         if stream {
@@ -85,6 +88,7 @@ public struct Scorer {
             add(first, firstBase, ids: ids, positions: 1..<n, to: &result)
             progress(result.count, ids.count - 1)
             for pos in max(n, 1)..<ids.count {
+                if isCancelled() { throw CancellationError() }
                 let l = model.step(ids[pos - 1], cache: caches[0])
                 add(l, base?.step(ids[pos - 1], cache: caches[1]), ids: ids, positions: pos..<(pos + 1), to: &result)
                 progress(result.count, ids.count - 1)
@@ -100,6 +104,7 @@ public struct Scorer {
             parts.withUnsafeMutableBufferPointer { out in
                 DispatchQueue.concurrentPerform(iterations: workers) { w in
                     for i in stride(from: w, to: windows.count, by: workers) {
+                        guard !isCancelled() else { out[i] = .failure(CancellationError()); continue }
                         out[i] = Swift.Result { try scoreWindow(windows[i], ids: ids, base: base) }
                         lock.withLock {
                             scored += (try? out[i].get().count) ?? 0
