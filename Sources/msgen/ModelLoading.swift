@@ -11,7 +11,8 @@ struct ModelOptions: ParsableArguments {
     @Option(name: [.customShort("m"), .long], help: "Model file (default: the bundled model for this command, under models/).")
     var model: String?
 
-    @Option(name: [.customShort("t"), .long], help: "Threads for matrix work (default: all cores).")
+    // Unconditional, so that "-t -1" gets the message below, not "missing value".
+    @Option(name: [.customShort("t"), .long], parsing: .unconditional, help: "Threads for matrix work (default: all cores).")
     var threads: Int?
 
     func validate() throws {

@@ -132,8 +132,9 @@ struct PerplexityCommand: ParsableCommand {
         }
         var total = Scorer.Result()
         for s in scored { total.add(s.result) }
+        guard !scored.isEmpty || interrupted else { return }  // every file failed: the errors said it all
         if json {
-            var o = fields(total)
+            var o = scored.isEmpty ? [:] : fields(total)
             o["model"] = .string(path)
             o["context"] = .number(Double(C)); o["stride"] = .number(Double(S)); o["stream"] = .bool(stream)
             o["files"] = .array(scored.map { s in
