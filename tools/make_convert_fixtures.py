@@ -9,6 +9,9 @@ torch.save uses, so the Swift readers are tested against what they meet in the w
   huge_numel.pt        a storage that declares 2^61 elements (16 bytes stored)
   huge_offset.pt       a tensor whose storage offset is 2^63 - 2
   huge_stride.pt       a tensor whose stride times its size overflows
+  huge_broadcast.pt    a stride-0 view of 2^40 elements over a 4-element storage
+  shared_dicts.pt      40 levels of d = {"x": d, "y": d}: tiny, but 2^40 paths to walk
+  deep_dicts.pt        a tensor nested 150 dicts deep
   tiny-cst-sharded/    tiny-cst split as save_pretrained(max_shard_size=...) writes it
   gpt2-vocab/          vocab.json + merges.txt (as GPT2Tokenizer.save_vocabulary writes
                        them) of the gpt2 fixture's tokenizer, and cases.json: texts with
@@ -149,6 +152,15 @@ def main():
     crafted_zip(OUT / "huge_numel.pt", numel=2**61, offset=0, size=[4], stride=[1])
     crafted_zip(OUT / "huge_offset.pt", numel=4, offset=2**63 - 2, size=[2], stride=[1])
     crafted_zip(OUT / "huge_stride.pt", numel=4, offset=0, size=[3, 2], stride=[2**62, 1])
+    crafted_zip(OUT / "huge_broadcast.pt", numel=4, offset=0, size=[2**40], stride=[0])
+    shared = {"w": sd["w"]}
+    for _ in range(40):
+        shared = {"x": shared, "y": shared}
+    torch.save(shared, str(OUT / "shared_dicts.pt"))
+    deep = {"w": sd["w"]}
+    for _ in range(150):
+        deep = {"n": deep}
+    torch.save(deep, str(OUT / "deep_dicts.pt"))
     shard(OUT / "tiny-cst", OUT / "tiny-cst-sharded", shards=2)
     gpt2_vocab(OUT / "gpt2-vocab")
 

@@ -54,8 +54,9 @@ public enum TorchCheckpoint {
 
     /// No state dict's pickle comes near this (the tensors' bytes are stored beside it).
     static let maxPickleBytes: UInt64 = 1 << 30
-    /// How many tensors a state dict may name, counting shared sub-dicts once per path.
-    static let maxTensors = 1_000_000
+    /// How many entries the walk over a state dict may visit, counting a shared sub-dict
+    /// once for every place it appears (40 levels of {"x": d, "y": d} are 2^40 entries).
+    static let maxEntries = 1_000_000
     /// How deeply dicts may nest inside a checkpoint.
     static let maxNesting = 100
 
@@ -99,6 +100,7 @@ public enum TorchCheckpoint {
         }
         var out: [(String, Unpickler.TensorRef)] = []
         var seen = Set<String>()
+        var visited = 0
         // Dicts are shared references in a pickle: one can contain itself, or appear under
         // many keys. The walk refuses cycles and bounds its depth and total output.
         var path: [ObjectIdentifier] = []
@@ -109,10 +111,11 @@ public enum TorchCheckpoint {
             path.append(ObjectIdentifier(d))
             defer { path.removeLast() }
             for (k, v) in d.items {
+                visited += 1
+                try check(visited <= maxEntries, "\(file) holds more than \(maxEntries) entries (counting dicts shared under several keys once per key); it is not a model's state dict")
                 guard case .string(let name) = k else { continue }
                 switch v {
                 case .tensor(let t):
-                    try check(out.count < maxTensors, "\(file) names more than \(maxTensors) tensors; it is not a model's state dict")
                     try check(seen.insert(prefix + name).inserted, "\(file) names the tensor \(prefix + name) twice")
                     out.append((prefix + name, t))
                 case .dict(let inner): try walk(inner, prefix + name + ".")
