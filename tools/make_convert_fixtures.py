@@ -8,7 +8,7 @@ torch.save uses, so the Swift readers are tested against what they meet in the w
   self_ref.pt          d = dict(sd); d['self'] = d; torch.save(d, f)
   huge_numel.pt        a storage that declares 2^61 elements (16 bytes stored)
   huge_offset.pt       a tensor whose storage offset is 2^63 - 2
-  huge_stride.pt       a tensor whose stride times its size overflows
+  huge_stride.pt       a tensor whose strides reach past 2^63 when added
   huge_broadcast.pt    a stride-0 view of 2^40 elements over a 4-element storage
   shared_dicts.pt      40 levels of d = {"x": d, "y": d}: tiny, but 2^40 paths to walk
   deep_dicts.pt        a tensor nested 150 dicts deep
@@ -150,8 +150,8 @@ def main():
     d["self"] = d
     torch.save(d, str(OUT / "self_ref.pt"))
     crafted_zip(OUT / "huge_numel.pt", numel=2**61, offset=0, size=[4], stride=[1])
-    crafted_zip(OUT / "huge_offset.pt", numel=4, offset=2**63 - 2, size=[2], stride=[1])
-    crafted_zip(OUT / "huge_stride.pt", numel=4, offset=0, size=[3, 2], stride=[2**62, 1])
+    crafted_zip(OUT / "huge_offset.pt", numel=4, offset=2**63 - 2, size=[4], stride=[1])
+    crafted_zip(OUT / "huge_stride.pt", numel=4, offset=0, size=[2, 2], stride=[2**62, 2**62])
     crafted_zip(OUT / "huge_broadcast.pt", numel=4, offset=0, size=[2**40], stride=[0])
     shared = {"w": sd["w"]}
     for _ in range(40):

@@ -12,18 +12,20 @@ public enum TorchCheckpoint {
         do { archive = try Archive(url: URL(fileURLWithPath: path), accessMode: .read) } catch {
             throw MSGenError("\(file) is not a PyTorch zip checkpoint (damaged file? re-save it with torch.save)")
         }
+        let archiveBytes = UInt64((try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0)
+        func extract(_ entry: Entry) throws -> [UInt8] { try TorchCheckpoint.extract(archive, entry, file, archiveBytes: archiveBytes) }
         var entries: [String: Entry] = [:]
         for e in archive { entries[e.path] = e }
         guard let pkl = entries.keys.filter({ $0.hasSuffix("data.pkl") }).min(by: { $0.count < $1.count }) else {
             throw MSGenError("\(file) is a zip file but not a PyTorch checkpoint (no data.pkl)")
         }
         let prefix = String(pkl.dropLast("data.pkl".count))
-        if let bo = entries[prefix + "byteorder"], try String(decoding: extract(archive, bo, file), as: UTF8.self) != "little" {
+        if let bo = entries[prefix + "byteorder"], try String(decoding: extract(bo), as: UTF8.self) != "little" {
             throw MSGenError("\(file) was saved on a big-endian machine; msgen reads little-endian checkpoints")
         }
         let pickle = entries[pkl]!
         try check(pickle.uncompressedSize <= maxPickleBytes, "\(file): its data.pkl declares \(pickle.uncompressedSize) bytes; a state dict's pickle is far smaller")
-        var unpickler = Unpickler(try extract(archive, pickle, file), what: file)
+        var unpickler = Unpickler(try extract(pickle), what: file)
         let root = try unpickler.load()
 
         var storages: [String: [UInt8]] = [:]
@@ -38,7 +40,7 @@ public enum TorchCheckpoint {
                 let expected = try storageBytes(ref.storage, name: name, file: file)
                 try check(e.uncompressedSize == UInt64(expected),
                           "\(file) is damaged: storage of \(name) has \(e.uncompressedSize) bytes, expected \(expected)")
-                storages[ref.storage.key] = try extract(archive, e, file)
+                storages[ref.storage.key] = try extract(e)
             }
             out.append((name, try materialize(ref, storages[ref.storage.key]!, name: name, file: file)))
         }
@@ -67,11 +69,13 @@ public enum TorchCheckpoint {
         return bytes
     }
 
-    private static func extract(_ archive: Archive, _ entry: Entry, _ file: String) throws -> [UInt8] {
-        // Deflate cannot expand data more than ~1032 times; a larger claim is a zip bomb or
-        // a damaged header, and must not become a huge allocation.
+    private static func extract(_ archive: Archive, _ entry: Entry, _ file: String, archiveBytes: UInt64) throws -> [UInt8] {
+        // An entry's bytes lie inside the archive, and deflate cannot expand data more than
+        // ~1032 times: a larger claim is a zip bomb or a damaged header, and must not
+        // become a huge allocation.
         let limit = entry.compressedSize.multipliedReportingOverflow(by: 1100)
-        guard entry.uncompressedSize < 1 << 40, !limit.overflow, entry.uncompressedSize <= limit.partialValue + 4096 else {
+        guard entry.compressedSize <= archiveBytes, entry.uncompressedSize < 1 << 40, !limit.overflow,
+              entry.uncompressedSize <= limit.partialValue + 4096 else {
             throw MSGenError("\(file) is damaged: entry \(entry.path) claims an impossible size")
         }
         var bytes: [UInt8] = []
