@@ -100,6 +100,18 @@ struct HostileCheckpointTests {
         for (name, t) in a { #expect(b[name]!.shape == t.shape && b[name]!.floats() == t.floats(), "\(name)") }
     }
 
+    @Test func indexesAreFoundByNameOrGivenAsThePath() throws {
+        // pytorch_model.bin.index.json is read the same way (each shard by its own format),
+        // and an index file may be given directly, with the config beside it.
+        let ckpt = try copyFixture("format/tiny-cst-sharded", into: dir)
+        try FileManager.default.moveItem(atPath: ckpt + "/model.safetensors.index.json", toPath: ckpt + "/pytorch_model.bin.index.json")
+        for path in [ckpt, ckpt + "/pytorch_model.bin.index.json"] {
+            let c = try Checkpoint.load(path: path)
+            try c.validate()
+            #expect(c.tensors.count == 22 && c.inputPaths.contains(ckpt + "/pytorch_model.bin.index.json"))
+        }
+    }
+
     @Test func damagedShardIndexesAreClearErrors() throws {
         func error(_ edit: (inout [String: Any]) -> Void) throws -> String {
             let ckpt = try copyFixture("format/tiny-cst-sharded", into: dir)
