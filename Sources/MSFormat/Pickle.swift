@@ -118,15 +118,15 @@ struct Unpickler {
             case 0x95: _ = try bytes(8)                                // FRAME
             case 0x2E: return try pop()                                // STOP
             case 0x28: try pushMark()                                  // MARK
-            case 0x7D: try push(.dict(Dict()))                     // EMPTY_DICT
-            case 0x5D: try push(.list(List()))                     // EMPTY_LIST
-            case 0x29: try push(.tuple([]))                        // EMPTY_TUPLE
-            case 0x4E: try push(.none)                             // NONE
-            case 0x88: try push(.bool(true))                       // NEWTRUE
-            case 0x89: try push(.bool(false))                      // NEWFALSE
-            case 0x4B: try push(.int(try uint(1)))                 // BININT1
-            case 0x4D: try push(.int(try uint(2)))                 // BININT2
-            case 0x4A: try push(.int(Int(Int32(truncatingIfNeeded: try uint(4)))))  // BININT
+            case 0x7D: try push(.dict(Dict()))                         // EMPTY_DICT
+            case 0x5D: try push(.list(List()))                         // EMPTY_LIST
+            case 0x29: try push(.tuple([]))                            // EMPTY_TUPLE
+            case 0x4E: try push(.none)                                 // NONE
+            case 0x88: try push(.bool(true))                           // NEWTRUE
+            case 0x89: try push(.bool(false))                          // NEWFALSE
+            case 0x4B: try push(.int(try uint(1)))                     // BININT1
+            case 0x4D: try push(.int(try uint(2)))                     // BININT2
+            case 0x4A: try push(.int(Int(Int32(truncatingIfNeeded: try uint(4))))) // BININT
             case 0x8A:                                                 // LONG1
                 let n = Int(try byte())
                 guard n <= 8 else { throw fail("the pickle holds an integer too large for msgen") }
@@ -139,11 +139,11 @@ struct Unpickler {
                 var v: UInt64 = 0
                 for b in try bytes(8) { v = v << 8 | UInt64(b) }
                 try push(.float(Double(bitPattern: v)))
-            case 0x58: try push(.string(try text(try uint(4))))   // BINUNICODE
-            case 0x8C: try push(.string(try text(try uint(1))))   // SHORT_BINUNICODE
-            case 0x8D: try push(.string(try text(try uint(8))))   // BINUNICODE8
-            case 0x43: try push(.bytes(Array(try bytes(try uint(1)))))  // SHORT_BINBYTES
-            case 0x42: try push(.bytes(Array(try bytes(try uint(4)))))  // BINBYTES
+            case 0x58: try push(.string(try text(try uint(4))))           // BINUNICODE
+            case 0x8C: try push(.string(try text(try uint(1))))           // SHORT_BINUNICODE
+            case 0x8D: try push(.string(try text(try uint(8))))           // BINUNICODE8
+            case 0x43: try push(.bytes(Array(try bytes(try uint(1)))))    // SHORT_BINBYTES
+            case 0x42: try push(.bytes(Array(try bytes(try uint(4)))))    // BINBYTES
             case 0x71: try remember(try uint(1))                       // BINPUT
             case 0x72: try remember(try uint(4))                       // LONG_BINPUT
             case 0x94: try remember(memo.count)                        // MEMOIZE
@@ -151,8 +151,8 @@ struct Unpickler {
                 let k = try uint(op == 0x68 ? 1 : 4)
                 guard let v = memo[k] else { throw fail("the pickle is malformed (unknown memo \(k))") }
                 try push(v)
-            case 0x74: try push(.tuple(try popMark()))             // TUPLE
-            case 0x85: try push(.tuple([try pop()]))               // TUPLE1
+            case 0x74: try push(.tuple(try popMark()))                 // TUPLE
+            case 0x85: try push(.tuple([try pop()]))                   // TUPLE1
             case 0x86: let b = try pop(); let a = try pop(); try push(.tuple([a, b]))  // TUPLE2
             case 0x87: let c = try pop(); let b = try pop(); let a = try pop(); try push(.tuple([a, b, c]))
             case 0x63:                                                 // GLOBAL "module\nname\n"
