@@ -14,8 +14,9 @@ torch.save uses, so the Swift readers are tested against what they meet in the w
   deep_dicts.pt        a tensor nested 150 dicts deep
   tiny-cst-sharded/    tiny-cst split as save_pretrained(max_shard_size=...) writes it
   gpt2-vocab/          vocab.json + merges.txt (as GPT2Tokenizer.save_vocabulary writes
-                       them) of the gpt2 fixture's tokenizer, and cases.json: texts with
-                       the ids HF tokenizers gives when it loads those two files
+                       them) of the gpt2 fixture's tokenizer; hf_tokenizer.json, what HF
+                       tokenizers makes of those two files; and cases.json: texts with the
+                       ids it gives for them
 
     .venv/bin/python tools/make_convert_fixtures.py
 """
@@ -139,6 +140,7 @@ def gpt2_vocab(dst: pathlib.Path):
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     tok.add_special_tokens(["<|endoftext|>"])
+    (dst / "hf_tokenizer.json").write_text(tok.to_str(pretty=True) + "\n", encoding="utf-8")
     cases = [{"text": t, "ids": tok.encode(t).ids} for t in CASES]
     (dst / "cases.json").write_text(json.dumps(cases, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 

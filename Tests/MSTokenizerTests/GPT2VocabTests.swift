@@ -26,6 +26,14 @@ struct GPT2VocabTests {
         #expect(tok.eosTokenId == 0 && tok.specialTokenIds == [0])
     }
 
+    @Test func isTheTokenizerJSONHuggingFaceMakes() throws {
+        // HF tokenizers' own to_str() for BPE.from_file(vocab.json, merges.txt), set up as
+        // transformers' GPT2Converter does: the same JSON value, key for key.
+        let ours = try JSONSerialization.jsonObject(with: Data(GPT2.tokenizerJSON(vocab: file("vocab.json"), merges: file("merges.txt"), what: "v").utf8))
+        let theirs = try JSONSerialization.jsonObject(with: file("hf_tokenizer.json"))
+        #expect((ours as! NSDictionary).isEqual(theirs as! NSDictionary))
+    }
+
     @Test func matchesTheTokenizerJSONItCameFrom() throws {
         // vocab.json + merges.txt were cut out of the gpt2 fixture's tokenizer.json.
         let original = try BPETokenizer(json: String(contentsOf: Fixtures.testsDir.appendingPathComponent("Fixtures/gpt2/tokenizer.json"), encoding: .utf8))
