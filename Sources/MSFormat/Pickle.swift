@@ -50,6 +50,7 @@ struct Unpickler {
     /// so memory stays proportional to the pickle's size; these make the error clear.
     static let maxMarkDepth = 1_000
     static let maxValues = 10_000_000
+    private let valueLimit: Int
 
     private let data: [UInt8]
     private var pos = 0
@@ -60,7 +61,10 @@ struct Unpickler {
     private var memo: [Int: PickleValue] = [:]
     private let what: String
 
-    init(_ data: [UInt8], what: String) { self.data = data; self.what = what }
+    /// `maxValues` is lowered only by tests, to reach the limit without a 10 MB pickle.
+    init(_ data: [UInt8], what: String, maxValues: Int = Unpickler.maxValues) {
+        self.data = data; self.what = what; valueLimit = maxValues
+    }
 
     private func fail(_ why: String) -> MSGenError { MSGenError("\(what): \(why)") }
 
@@ -90,7 +94,7 @@ struct Unpickler {
         return v
     }
     private mutating func push(_ v: PickleValue) throws {
-        guard stack.count < Self.maxValues else { throw fail("the pickle holds more than \(Self.maxValues) values on its stack; it is not a state dict") }
+        guard stack.count < valueLimit else { throw fail("the pickle holds more than \(valueLimit) values on its stack; it is not a state dict") }
         stack.append(v)
     }
     private mutating func pushMark() throws {
@@ -104,8 +108,8 @@ struct Unpickler {
         return items
     }
     private mutating func remember(_ key: Int) throws {
-        guard memo.count < Self.maxValues || memo[key] != nil else {
-            throw fail("the pickle memoizes more than \(Self.maxValues) values; it is not a state dict")
+        guard memo.count < valueLimit || memo[key] != nil else {
+            throw fail("the pickle memoizes more than \(valueLimit) values; it is not a state dict")
         }
         memo[key] = try top()
     }

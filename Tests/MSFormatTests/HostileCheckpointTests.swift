@@ -66,8 +66,8 @@ struct HostileCheckpointTests {
     }
 
     /// Raw pickles straight into the unpickler.
-    func unpickle(_ ops: [UInt8]) -> String {
-        var u = Unpickler([0x80, 0x02] + ops + [0x2E], what: "p.pkl")
+    func unpickle(_ ops: [UInt8], maxValues: Int = Unpickler.maxValues) -> String {
+        var u = Unpickler([0x80, 0x02] + ops + [0x2E], what: "p.pkl", maxValues: maxValues)
         do { _ = try u.load(); return "no error" } catch { return "\(error)" }
     }
 
@@ -79,6 +79,11 @@ struct HostileCheckpointTests {
         #expect(unpickle([0x28, 0x74]).contains("no error"))  // an empty tuple is fine
         #expect(unpickle([0x74]).contains("no mark"))
         #expect(unpickle([0x68, 0x07]).contains("unknown memo 7"))
+        // The value limits, lowered to 100: 101 NONEs on the stack, 101 memo entries.
+        #expect(unpickle([UInt8](repeating: 0x4E, count: 101), maxValues: 100).contains("more than 100 values on its stack"))
+        #expect(unpickle([UInt8](repeating: 0x4E, count: 100), maxValues: 100) == "no error")
+        #expect(unpickle([0x4E] + (0...100).flatMap { [0x71, UInt8($0)] }, maxValues: 100).contains("memoizes more than 100 values"))
+        #expect(unpickle([0x4E] + (0...100).flatMap { _ in [0x71, 0x05] }, maxValues: 100) == "no error")  // one key, rewritten
     }
 
     // MARK: formats and messages (items 12, 13)
