@@ -10,6 +10,7 @@ torch.save uses, so the Swift readers are tested against what they meet in the w
   huge_offset.pt       a tensor whose storage offset is 2^63 - 2
   huge_stride.pt       a tensor whose strides reach past 2^63 when added
   huge_broadcast.pt    a stride-0 view of 2^40 elements over a 4-element storage
+  zip_claim.pt         a 16-byte stored entry whose zip headers claim 1 GiB
   shared_dicts.pt      40 levels of d = {"x": d, "y": d}: tiny, but 2^40 paths to walk
   deep_dicts.pt        a tensor nested 150 dicts deep
   tiny-cst-sharded/    tiny-cst split as save_pretrained(max_shard_size=...) writes it
@@ -78,6 +79,19 @@ def crafted_zip(path, numel, offset, size, stride, stored_floats=4):
         z.writestr(f"{name}/byteorder", "little")
         z.writestr(f"{name}/data/0", torch.arange(stored_floats, dtype=torch.float32).numpy().tobytes())
         z.writestr(f"{name}/version", "3\n")
+
+
+def claim_size(path, entry, size):
+    """Rewrites the uncompressed size that the local and central zip headers give `entry`."""
+    data = bytearray(path.read_bytes())
+    name = entry.encode()
+    for sig, size_at, name_at in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):
+        at = data.find(sig)
+        while at >= 0 and data[at + name_at:at + name_at + len(name)] != name:
+            at = data.find(sig, at + 1)
+        assert at >= 0, entry
+        data[at + size_at:at + size_at + 4] = size.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
 
 
 # MARK: sharded safetensors
@@ -155,6 +169,8 @@ def main():
     crafted_zip(OUT / "huge_offset.pt", numel=4, offset=2**63 - 2, size=[4], stride=[1])
     crafted_zip(OUT / "huge_stride.pt", numel=4, offset=0, size=[2, 2], stride=[2**62, 2**62])
     crafted_zip(OUT / "huge_broadcast.pt", numel=4, offset=0, size=[2**40], stride=[0])
+    crafted_zip(OUT / "zip_claim.pt", numel=2**28, offset=0, size=[4], stride=[1])
+    claim_size(OUT / "zip_claim.pt", "zip_claim/data/0", 2**30)
     shared = {"w": sd["w"]}
     for _ in range(40):
         shared = {"x": shared, "y": shared}

@@ -21,6 +21,7 @@ struct HostileCheckpointTests {
         ("huge_offset.pt", "reaches past its storage"),              // offset 2^63 - 2
         ("huge_stride.pt", "reaches past its storage"),              // 2 × 2^62 overflows
         ("huge_broadcast.pt", "a broadcast view"),                   // 2^40 elements over 4 stored
+        ("zip_claim.pt", "claims an impossible size"),               // 16 bytes stored, 1 GiB claimed: not reserved
     ])
     func impossibleGeometryIsAnError(fixture: String, message: String) {
         let e = torchError(fixture)
