@@ -40,7 +40,7 @@ let package = Package(
         .testTarget(name: "MSGenTests", dependencies: ["MSGen", "MSModels", "MSFormat", "MSTokenizer", "msgen", "MSGenTestSupport"]),
         .testTarget(
             name: "MSFormatTests",
-            dependencies: ["MSFormat", "MSKernels", "msgen", "MSGenTestSupport"]
+            dependencies: ["MSFormat", "MSKernels", "MSModels", "msgen", "MSGenTestSupport"]
         ),
         .testTarget(name: "MSTokenizerTests", dependencies: ["MSTokenizer", "MSGen"]),
     ],

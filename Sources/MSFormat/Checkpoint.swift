@@ -4,7 +4,6 @@ import Foundation
 /// (model.safetensors or a PyTorch zip), and tokenizer.json.
 public struct Checkpoint {
     public var configJSON: JSONValue
-    public var config: ModelConfig
     public var tensors: [(name: String, tensor: Tensor)]
     public var tokenizerJSON: String?
     public var weightsPath: String
@@ -49,12 +48,11 @@ public struct Checkpoint {
         var configJSON = try JSONValue.parse(try readFile(config), what: config)
         let gpt2 = GPT2.isGPT2(configJSON)
         if gpt2 { configJSON = try GPT2.translate(configJSON) }
-        let modelConfig = try ModelConfig(json: configJSON)
 
         let head = try readFile(weights, prefix: 4)
         let isZip = head.starts(with: [0x50, 0x4B, 0x03, 0x04])
         var tensors = isZip ? try TorchCheckpoint.read(path: weights) : try Safetensors.read(path: weights)
-        if gpt2 { tensors = try GPT2.mapTensors(tensors, config: modelConfig) }
+        if gpt2 { tensors = try GPT2.mapTensors(tensors, config: configJSON) }
 
         var tokenizerText: String?
         if let tokenizer {
@@ -66,19 +64,13 @@ public struct Checkpoint {
             }
             let added = (obj["added_tokens"] as? [[String: Any]])?.compactMap { $0["id"] as? Int } ?? []
             let maxId = (vocab.values.compactMap { $0 as? Int } + added).max() ?? -1
-            try check(maxId < modelConfig.vocabSize,
-                      "\(tokenizer) has token id \(maxId), but the model's vocab_size is \(modelConfig.vocabSize)")
+            if let vocabSize = configJSON["vocab_size"]?.intValue {
+                try check(maxId < vocabSize, "\(tokenizer) has token id \(maxId), but the model's vocab_size is \(vocabSize)")
+            }
             tokenizerText = text
         }
-        return Checkpoint(configJSON: configJSON, config: modelConfig, tensors: tensors, tokenizerJSON: tokenizerText,
+        return Checkpoint(configJSON: configJSON, tensors: tensors, tokenizerJSON: tokenizerText,
                           weightsPath: weights, weightsFormat: (gpt2 ? "gpt2 " : "") + (isZip ? "pytorch" : "safetensors"))
-    }
-
-    /// Checks names, shapes and dtypes against the config.
-    public func validate() throws {
-        var byName: [String: (dtype: DType, shape: [Int])] = [:]
-        for t in tensors { byName[t.name] = (t.tensor.dtype, t.tensor.shape) }
-        try config.validate(byName)
     }
 }
 

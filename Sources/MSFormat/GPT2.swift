@@ -38,7 +38,7 @@ enum GPT2 {
     }
 
     /// The tensors under msgen's names.
-    static func mapTensors(_ tensors: [(name: String, tensor: Tensor)], config: ModelConfig) throws -> [(name: String, tensor: Tensor)] {
+    static func mapTensors(_ tensors: [(name: String, tensor: Tensor)], config: JSONValue) throws -> [(name: String, tensor: Tensor)] {
         var byName: [String: Tensor] = [:]
         for (n, t) in tensors {
             let name = n.hasPrefix("transformer.") ? String(n.dropFirst("transformer.".count)) : n
@@ -48,9 +48,11 @@ enum GPT2 {
             guard let t = byName.removeValue(forKey: n) else { throw MSGenError("GPT-2 checkpoint is missing \(n)") }
             return t
         }
-        let D = config.dModel
+        // The translated config (DESIGN §4 keys), already checked to hold these integers.
+        let D = max(0, config["d_model"]?.intValue ?? 0), layers = max(0, config["n_layers"]?.intValue ?? 0)
+        let tied = config["tie_embeddings"]?.boolValue ?? false
         var out: [(String, Tensor)] = [("embed.weight", try take("wte.weight")), ("pos.weight", try take("wpe.weight"))]
-        for i in 0..<config.nLayers {
+        for i in 0..<layers {
             let h = "h.\(i).", p = "layers.\(i)."
             let cAttn = try take(h + "attn.c_attn.weight").transposed(), cAttnBias = try take(h + "attn.c_attn.bias")
             try check(cAttn.shape == [3 * D, D], "GPT-2 \(h)attn.c_attn.weight has shape \(shapeString(cAttn.shape.reversed())), expected [\(D), \(3 * D)]")
@@ -68,7 +70,7 @@ enum GPT2 {
             byName.removeValue(forKey: h + "attn.bias"); byName.removeValue(forKey: h + "attn.masked_bias")
         }
         out += [("norm_f.weight", try take("ln_f.weight")), ("norm_f.bias", try take("ln_f.bias"))]
-        if let head = byName.removeValue(forKey: "lm_head.weight"), !config.tieEmbeddings { out.append(("lm_head.weight", head)) }
+        if let head = byName.removeValue(forKey: "lm_head.weight"), !tied { out.append(("lm_head.weight", head)) }
         out += byName.map { ($0.key, $0.value) }  // left for validation to report as unexpected
         return out
     }

@@ -78,7 +78,7 @@ public struct Scorer {
         if stream {
             let n = min(ids.count, model.config.context)
             try check(ids.count <= n || model.canDecodePastContext,
-                      "--stream: this \(model.config.architecture.rawValue) cannot go past its context of \(model.config.context) tokens; score in windows instead")
+                      "--stream: this \(model.config.architecture) cannot go past its context of \(model.config.context) tokens; score in windows instead")
             let caches = [model.makeCache()] + (base.map { [$0.makeCache()] } ?? [])
             let first = try model.prefill(Array(ids[0..<n]), cache: caches[0], logitsFor: 0..<(n - 1))
             let firstBase = try base?.prefill(Array(ids[0..<n]), cache: caches[1], logitsFor: 0..<(n - 1))

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MSFormat
+import MSModels
 
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -39,13 +40,13 @@ struct Convert: ParsableCommand {
         try check((1...22).contains(level), "--level must be between 1 and 22")
         let start = Date()
         let ckpt = try Checkpoint.load(path: checkpoint, configPath: config, tokenizerPath: tokenizer)
-        try ckpt.validate()
+        let names = try ckpt.validate()
         if ckpt.tokenizerJSON == nil {
             Terminal.note("note: no tokenizer.json; the model will not be able to read or write text")
         }
         // Stored in the config's natural order (embeddings, then layer by layer), which is
         // also the order `inspect` lists them in.
-        let rank = Dictionary(uniqueKeysWithValues: ckpt.config.expectedTensors.enumerated().map { ($1.name, $0) })
+        let rank = Dictionary(names.enumerated().map { ($1, $0) }, uniquingKeysWith: min)
         let tensors = ckpt.tensors.sorted { rank[$0.name]! < rank[$1.name]! }.map { t -> (name: String, tensor: Tensor) in
             guard let target else { return t }
             if target == .q8 && !t.tensor.canQuantize { return (t.name, t.tensor.converted(to: .f32)) }
@@ -57,7 +58,7 @@ struct Convert: ParsableCommand {
             "converter": .string("msgen \(MSGenCommand.version)"),
             "created": .string(ISO8601DateFormatter().string(from: Date())),
         ]
-        try MSZWriter.write(path: output, architecture: ckpt.config.architecture.rawValue, config: ckpt.configJSON,
+        try MSZWriter.write(path: output, architecture: ckpt.configJSON["architecture"]?.stringValue ?? "", config: ckpt.configJSON,
                             tokenizer: ckpt.tokenizerJSON, tensors: tensors, provenance: provenance, level: level,
                             progress: { Terminal.progress("converting", $0, $1) })
         let raw = tensors.reduce(0) { $0 + $1.tensor.byteCount }

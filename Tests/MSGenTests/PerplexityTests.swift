@@ -19,8 +19,7 @@ struct PerplexityTests {
         let ckpt = try Checkpoint.load(path: fixtures.appendingPathComponent("golden/\(name)").path)
         var tensors = Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) })
         if let dtype { tensors = tensors.mapValues { $0.canQuantize || dtype != .q8 ? $0.converted(to: dtype) : $0 } }
-        let model: LanguageModel = ckpt.config.architecture == .cstDecoder
-            ? try CSTDecoder(config: ckpt.config, tensors: tensors) : try TransformerDecoder(config: ckpt.config, tensors: tensors)
+        let model = try Architectures.languageModel(config: ckpt.configJSON, tensors: tensors)
         return (model, try BPETokenizer(json: ckpt.tokenizerJSON!))
     }
 
