@@ -43,6 +43,8 @@ let package = Package(
             dependencies: ["MSFormat", "MSKernels", "MSModels", "msgen", "MSGenTestSupport"]
         ),
         .testTarget(name: "MSTokenizerTests", dependencies: ["MSTokenizer", "MSGen"]),
+        // A toy architecture registered from outside MSModels, converted and scored.
+        .testTarget(name: "ArchitectureTests", dependencies: ["MSModels", "MSFormat", "MSGen", "MSTokenizer", "msgen"]),
     ],
     // Swift 5 mode: the kernels share raw buffers across threads by design (disjoint
     // ranges per worker), which Swift 6's checker cannot see.

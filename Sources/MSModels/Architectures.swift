@@ -41,7 +41,7 @@ extension LanguageModel {
     }
 
     /// The checks every prefill makes before it touches the cache.
-    func checkPrefill(_ tokens: [Int], at position: Int) throws {
+    public func checkPrefill(_ tokens: [Int], at position: Int) throws {
         try check(tokens.allSatisfy { $0 >= 0 && $0 < config.vocabSize }, "token id out of range for a vocabulary of \(config.vocabSize)")
         try check(canDecodePastContext || position + tokens.count <= config.context,
                   "the prompt has \(position + tokens.count) tokens; this model's context is \(config.context)")
@@ -58,7 +58,7 @@ public protocol DecoderCache: AnyObject {
 
 /// A cache as the concrete type its model made: the one checked accessor. A cache of
 /// another model is a programming error, so it stops with a message saying which.
-func own<C: DecoderCache>(_ cache: DecoderCache, as type: C.Type) -> C {
+public func own<C: DecoderCache>(_ cache: DecoderCache, as type: C.Type) -> C {
     guard let c = cache as? C else { preconditionFailure("a \(Swift.type(of: cache)) was given to a model whose cache is a \(C.self)") }
     return c
 }
