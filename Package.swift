@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "CVector"),
         .target(name: "MSKernels", dependencies: ["CBLAS", "CVector"]),
         .target(name: "MSTokenizer", dependencies: ["MSFormat"]),
-        .target(name: "MSModels", dependencies: ["MSFormat", "MSKernels"]),
+        .target(name: "MSModels", dependencies: ["MSFormat", "MSKernels"], exclude: ["README.md"]),
         .target(name: "MSGen", dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer"]),
         .executableTarget(
             name: "msgen",

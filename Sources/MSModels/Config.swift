@@ -45,7 +45,7 @@ public enum Activation: String, Sendable {
     case gelu, geluTanh = "gelu_tanh"
 }
 
-/// The keys every model shares (DESIGN §4), read once for all architectures.
+/// The keys every model shares (README.md beside this file), read once for all architectures.
 public struct CommonConfig: Sendable, Equatable {
     public var architecture: String
     public var vocabSize: Int

@@ -37,7 +37,7 @@ public final class Floats: @unchecked Sendable {
 /// A PyTorch Linear layer as a value: y = x·Wᵀ + b with W stored [out, in]. Every matrix
 /// product of the models goes through `apply`; the kernels behind it live in MSKernels.
 /// A fused projection (Q, K and V stacked) is one Linear whose row ranges are Linears too.
-/// The weight is float32 today; DESIGN §10's stored dtypes belong here.
+/// The weight is float32 today; the stored dtypes (f16, bf16, q8) belong here.
 public struct Linear: @unchecked Sendable {
     let weight: Floats
     let bias: Floats?
