@@ -6,7 +6,6 @@ import Foundation
 /// one, so that convert can re-store it in another dtype.
 public struct Checkpoint {
     public var configJSON: JSONValue
-    public var config: ModelConfig
     public var tensors: [(name: String, tensor: Tensor)]
     public var tokenizerJSON: String?
     /// Where the tokenizer came from (a tokenizer.json, "vocab.json + merges.txt", or the .msz).
@@ -43,7 +42,6 @@ public struct Checkpoint {
         var configJSON = try JSONValue.parse(try readFile(config), what: config)
         let gpt2 = GPT2.isGPT2(configJSON)
         if gpt2 { configJSON = try GPT2.translate(configJSON) }
-        let modelConfig = try ModelConfig(json: configJSON)
 
         let (shards, format) = try weightFiles(weights)
         var tensors: [(name: String, tensor: Tensor)] = []
@@ -59,7 +57,7 @@ public struct Checkpoint {
         for (name, file) in shards.expected.sorted(by: { $0.key < $1.key }) where shardOf[name] != file {
             throw MSGenError("\(weights) puts \(name) in \(file), which does not hold it")
         }
-        if gpt2 { tensors = try GPT2.mapTensors(tensors, config: modelConfig) }
+        if gpt2 { tensors = try GPT2.mapTensors(tensors, config: configJSON) }
 
         var inputs = [config] + shards.files + (shards.index.map { [$0] } ?? [])
         var tokenizerText: String?, tokenizerSource: String?
@@ -72,8 +70,8 @@ public struct Checkpoint {
             tokenizerSource = "\(vocab) + merges.txt"
             inputs += [vocab, merges]
         }
-        if let tokenizerText, let tokenizerSource { try checkTokenIds(tokenizerText, tokenizerSource, modelConfig) }
-        return Checkpoint(configJSON: configJSON, config: modelConfig, tensors: tensors, tokenizerJSON: tokenizerText,
+        if let tokenizerText, let tokenizerSource { try checkTokenIds(tokenizerText, tokenizerSource, vocabSize: configJSON["vocab_size"]?.intValue) }
+        return Checkpoint(configJSON: configJSON, tensors: tensors, tokenizerJSON: tokenizerText,
                           tokenizerSource: tokenizerSource, weightsPath: weights,
                           weightsFormat: (gpt2 ? "gpt2 " : "") + format, inputPaths: inputs, sourceProvenance: nil)
     }
@@ -117,8 +115,7 @@ public struct Checkpoint {
     private static func loadMSZ(_ path: String) throws -> Checkpoint {
         let file = try MSZFile(path: path)
         let loaded = try file.load()
-        let config = try ModelConfig(json: file.config)
-        return Checkpoint(configJSON: file.config, config: config, tensors: file.tensors.map { ($0.name, loaded[$0.name]!) },
+        return Checkpoint(configJSON: file.config, tensors: file.tensors.map { ($0.name, loaded[$0.name]!) },
                           tokenizerJSON: file.tokenizerJSON, tokenizerSource: file.tokenizerJSON == nil ? nil : path,
                           weightsPath: path, weightsFormat: "msz", inputPaths: [path], sourceProvenance: file.provenance)
     }
@@ -133,22 +130,17 @@ public struct Checkpoint {
         return text
     }
 
-    /// Every token id must have an embedding row.
-    private static func checkTokenIds(_ text: String, _ source: String, _ config: ModelConfig) throws {
+    /// Every token id of the tokenizer is below the config's vocab_size (a config without
+    /// a valid one is reported by validation).
+    private static func checkTokenIds(_ text: String, _ source: String, vocabSize: Int?) throws {
         guard let obj = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
               let model = obj["model"] as? [String: Any], let vocab = model["vocab"] as? [String: Any] else {
             throw MSGenError("\(source) is not a Hugging Face tokenizer.json (no model.vocab)")
         }
         let added = (obj["added_tokens"] as? [[String: Any]])?.compactMap { $0["id"] as? Int } ?? []
         let maxId = (vocab.values.compactMap { $0 as? Int } + added).max() ?? -1
-        try check(maxId < config.vocabSize, "\(source) has token id \(maxId), but the model's vocab_size is \(config.vocabSize)")
-    }
-
-    /// Checks names, shapes and dtypes against the config.
-    public func validate() throws {
-        var byName: [String: (dtype: DType, shape: [Int])] = [:]
-        for t in tensors { byName[t.name] = (t.tensor.dtype, t.tensor.shape) }
-        try config.validate(byName)
+        guard let vocabSize else { return }
+        try check(maxId < vocabSize, "\(source) has token id \(maxId), but the model's vocab_size is \(vocabSize)")
     }
 }
 

@@ -41,7 +41,7 @@ public enum GPT2 {
     }
 
     /// The tensors under msgen's names.
-    static func mapTensors(_ tensors: [(name: String, tensor: Tensor)], config: ModelConfig) throws -> [(name: String, tensor: Tensor)] {
+    static func mapTensors(_ tensors: [(name: String, tensor: Tensor)], config: JSONValue) throws -> [(name: String, tensor: Tensor)] {
         var byName: [String: Tensor] = [:]
         for (n, t) in tensors {
             let name = n.hasPrefix("transformer.") ? String(n.dropFirst("transformer.".count)) : n
@@ -59,9 +59,11 @@ public enum GPT2 {
                       "GPT-2 checkpoint: \(n) has shape \(shapeString(t.shape)), the config needs \(shapeString(shape))")
             return t
         }
-        let D = config.dModel, F = config.dFF
+        // `config` is translate's output, whose sizes it checked to be integers ≥ 1.
+        func size(_ key: String) -> Int { config[key]?.intValue ?? 0 }
+        let D = size("d_model"), F = size("d_ff"), tied = config["tie_embeddings"]?.boolValue ?? true
         var out: [(String, Tensor)] = [("embed.weight", try take("wte.weight")), ("pos.weight", try take("wpe.weight"))]
-        for i in 0..<config.nLayers {
+        for i in 0..<size("n_layers") {
             let h = "h.\(i).", p = "layers.\(i)."
             let cAttn = try take(h + "attn.c_attn.weight", [D, 3 * D]).transposed(), cAttnBias = try take(h + "attn.c_attn.bias", [3 * D])
             for (j, x) in ["q", "k", "v"].enumerated() {
@@ -78,7 +80,7 @@ public enum GPT2 {
             byName.removeValue(forKey: h + "attn.bias"); byName.removeValue(forKey: h + "attn.masked_bias")
         }
         out += [("norm_f.weight", try take("ln_f.weight")), ("norm_f.bias", try take("ln_f.bias"))]
-        if let head = byName.removeValue(forKey: "lm_head.weight"), !config.tieEmbeddings { out.append(("lm_head.weight", head)) }
+        if let head = byName.removeValue(forKey: "lm_head.weight"), !tied { out.append(("lm_head.weight", head)) }
         out += byName.map { ($0.key, $0.value) }  // left for validation to report as unexpected
         return out
     }

@@ -72,7 +72,7 @@ struct BenchCommand: ParsableCommand {
         if json {
             func stat(_ s: Bench.Stat) -> JSONValue { .object(["median": .number(s.median), "min": .number(s.min), "max": .number(s.max)]) }
             let o: [String: JSONValue] = [
-                "model": .string(path), "architecture": .string(lm.config.architecture.rawValue),
+                "model": .string(path), "architecture": .string(lm.config.architecture),
                 "context": .number(Double(lm.config.context)), "threads": .number(Double(Kernels.threads)),
                 "load_seconds": .number(loadSeconds), "weight_bytes": .number(Double(weightBytes)),
                 "peak_rss_bytes": .number(Double(rss)),
@@ -88,7 +88,7 @@ struct BenchCommand: ParsableCommand {
             ]
             Output.write(JSONValue.object(o).compactText + "\n")
         } else {
-            print("model \(path): \(lm.config.architecture.rawValue), context \(lm.config.context), \(Kernels.threads) threads")
+            print("model \(path): \(lm.config.architecture), context \(lm.config.context), \(Kernels.threads) threads")
             print(String(format: "load %.3f s; weights %@ (f32); peak RSS %@", loadSeconds, humanBytes(weightBytes), humanBytes(rss)))
             print("  prefill tokens   tokens/s (median, min-max)")
             for p in prefills {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MSFormat
+import MSModels
 import MSTokenizer
 
 struct Convert: ParsableCommand {
@@ -48,15 +49,17 @@ struct Convert: ParsableCommand {
         let start = Date()
         let ckpt = try Checkpoint.load(path: checkpoint, configPath: config, tokenizerPath: tokenizer)
         try checkOutputPath(output, inputs: ckpt.inputPaths)
-        try ckpt.validate()
+        // Every key and tensor, checked by building the model the config names; the order
+        // its initializer reads the tensors in is their natural order.
+        let names = try ckpt.validate()
         if let json = ckpt.tokenizerJSON {
             try checkTokenizer(json, source: ckpt.tokenizerSource ?? "the tokenizer")
         } else {
             Terminal.note("note: no tokenizer.json (or vocab.json + merges.txt); the model will not be able to read or write text")
         }
-        // Stored in the config's natural order (embeddings, then layer by layer), which is
-        // also the order `inspect` lists them in.
-        let rank = Dictionary(uniqueKeysWithValues: ckpt.config.expectedTensors.enumerated().map { ($1.name, $0) })
+        // Stored in that order (embeddings, then layer by layer), which is also the order
+        // `inspect` lists them in.
+        let rank = Dictionary(names.enumerated().map { ($1, $0) }, uniquingKeysWith: min)
         let tensors = try ckpt.tensors.sorted { rank[$0.name]! < rank[$1.name]! }.map { t -> (name: String, tensor: Tensor) in
             try checkFinite(t.name, t.tensor, what: "in \((ckpt.weightsPath as NSString).lastPathComponent)")
             guard let target else { return t }
@@ -64,7 +67,7 @@ struct Convert: ParsableCommand {
             try checkFinite(t.name, stored, what: "once stored as \(stored.dtype) (values beyond its range; try --dtype bf16 or f32)")
             return (t.name, stored)
         }
-        try MSZWriter.write(path: output, architecture: ckpt.config.architecture.rawValue, config: ckpt.configJSON,
+        try MSZWriter.write(path: output, architecture: ckpt.configJSON["architecture"]?.stringValue ?? "", config: ckpt.configJSON,
                             tokenizer: ckpt.tokenizerJSON, tensors: tensors, provenance: provenance(ckpt), level: level,
                             progress: { Terminal.progress("converting", $0, $1) })
         let raw = tensors.reduce(0) { $0 + $1.tensor.byteCount }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MSFormat
+import MSModels
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -18,7 +19,7 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         let file = try MSZFile(path: model)
-        let config = try ModelConfig(json: file.config)
+        let summary = try Architectures.named(in: file.config).describe(try ConfigReader(file.config))
         let started = Date()
         if verify { _ = try file.load() }
         let loadSeconds = Date().timeIntervalSince(started)
@@ -48,9 +49,7 @@ struct Inspect: ParsableCommand {
                      Double(raw) / Double(max(stored, 1))))
         print("config:")
         for (k, v) in (file.config.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) { print("  \(k): \(v.compactText)") }
-        if config.architecture == .cstDecoder {
-            print("  (context \(config.context) tokens = \(config.maxSlices) slices × \(config.sliceLength); left extension \(config.leftExtension))")
-        }
+        print("  (\(summary))")
         print("tokenizer: \(tok.text)")
         print("provenance:")
         for (k, v) in file.provenance.sorted(by: { $0.key < $1.key }) { print("  \(k): \(v.stringValue ?? v.compactText)") }

@@ -1,0 +1,148 @@
+import MSFormat
+import MSKernels
+
+/// A float32 array with a stable address, for weights and activations. Models pass raw
+/// pointers to the kernels; this class owns the memory those pointers point into.
+public final class Floats: @unchecked Sendable {
+    public let p: UnsafeMutablePointer<Float>
+    public let count: Int
+    /// The tensor whose memory this is, when a float32 weight is used as loaded.
+    private let owner: TensorStorage?
+
+    /// `zeroed: false` leaves large buffers untouched, so pages that are never written
+    /// (the unused tail of a KV cache) never become resident.
+    public init(count: Int, zeroed: Bool = true) {
+        self.count = count
+        p = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
+        if zeroed { p.initialize(repeating: 0, count: max(count, 1)) }
+        owner = nil
+    }
+
+    /// A float32 tensor's own memory, without a copy.
+    init(_ t: Tensor) {
+        precondition(t.dtype == .f32)
+        count = t.count
+        p = t.storage.bytes.baseAddress!.assumingMemoryBound(to: Float.self)
+        owner = t.storage
+    }
+
+    deinit { if owner == nil { p.deallocate() } }
+
+    /// Row `i` of a matrix with `width` columns.
+    @inline(__always) public func row(_ i: Int, _ width: Int) -> UnsafeMutablePointer<Float> { p + i * width }
+    public var array: [Float] { Array(UnsafeBufferPointer(start: p, count: count)) }
+    public func zero() { p.update(repeating: 0, count: count) }
+}
+
+/// A PyTorch Linear layer as a value: y = x·Wᵀ + b with W stored [out, in]. Every matrix
+/// product of the models goes through `apply`; the kernels behind it live in MSKernels.
+/// A fused projection (Q, K and V stacked) is one Linear whose row ranges are Linears too.
+/// The weight is float32 today; the stored dtypes (f16, bf16, q8) belong here.
+public struct Linear: @unchecked Sendable {
+    let weight: Floats
+    let bias: Floats?
+    /// The first row of `weight` (and of `bias`) this layer uses.
+    let firstRow: Int
+    public let inFeatures: Int
+    public let outFeatures: Int
+
+    init(weight: Floats, bias: Floats?, in i: Int, out o: Int, firstRow: Int = 0) {
+        self.weight = weight; self.bias = bias; inFeatures = i; outFeatures = o; self.firstRow = firstRow
+    }
+
+    /// y[rows, out] = x[rows, in]·Wᵀ + b, or y += that with `accumulate`. Rows of x and y
+    /// may be strided.
+    public func apply(_ x: UnsafePointer<Float>, rows: Int, xStride: Int? = nil, into y: UnsafeMutablePointer<Float>,
+                      yStride: Int? = nil, accumulate: Bool = false) {
+        guard rows > 0 else { return }
+        Kernels.linear(x, rows: rows, in: inFeatures, xStride: xStride, weight: weight.row(firstRow, inFeatures), out: outFeatures,
+                       bias: bias.map { UnsafePointer($0.p + firstRow) }, into: y, yStride: yStride, accumulate: accumulate)
+    }
+
+    /// Output rows `r` only: one of the projections of a fused layer.
+    public func rows(_ r: Range<Int>) -> Linear {
+        precondition(r.lowerBound >= 0 && r.upperBound <= outFeatures, "rows \(r) of a Linear with \(outFeatures) outputs")
+        return Linear(weight: weight, bias: bias, in: inFeatures, out: r.count, firstRow: firstRow + r.lowerBound)
+    }
+
+    /// The same weight without the bias: x·Wᵀ alone.
+    public var withoutBias: Linear { Linear(weight: weight, bias: nil, in: inFeatures, out: outFeatures, firstRow: firstRow) }
+
+    /// x·Wᵀ (+ b) of `rows` rows into a new buffer.
+    public func callAsFunction(_ x: UnsafePointer<Float>, rows: Int) -> Floats {
+        let y = Floats(count: rows * outFeatures, zeroed: false)
+        apply(x, rows: rows, into: y.p)
+        return y
+    }
+}
+
+/// A model's tensors, read by name as its initializer asks for them. The checkpoint is
+/// then checked against what was asked: every tensor asked for was there with the shape
+/// asked for, and nothing was left over. So each tensor name is spelled once, in the code
+/// that reads it, and the same code validates a checkpoint at convert time.
+///
+/// A missing or mis-shaped tensor is recorded, and zeros of the expected shape stand in
+/// for it so that the initializer can go on and every problem is reported at once.
+public final class Weights {
+    let tensors: [String: Tensor]
+    let architecture: String
+    /// Names in the order they were asked for: the model's natural order (embeddings,
+    /// then layer by layer), which `convert` stores them in.
+    public private(set) var names: [String] = []
+    private var problems: [String] = []
+
+    public init(_ tensors: [String: Tensor], architecture: String) {
+        self.tensors = tensors
+        self.architecture = architecture
+    }
+
+    /// A tensor of exactly this shape, as float32.
+    public func tensor(_ name: String, _ shape: [Int]) -> Floats {
+        names.append(name)
+        guard let t = tensors[name] else {
+            problems.append("missing \(name) \(shapeString(shape))")
+            return Floats(count: shape.reduce(1, *))
+        }
+        var ok = true
+        if t.shape != shape { problems.append("\(name) has shape \(shapeString(t.shape)), config needs \(shapeString(shape))"); ok = false }
+        if !t.dtype.isFloat { problems.append("\(name) has dtype \(t.dtype), weights must be f32, f16, bf16 or q8"); ok = false }
+        guard ok else { return Floats(count: shape.reduce(1, *)) }
+        if t.dtype == .f32 { return Floats(t) }
+        let f = Floats(count: t.count, zeroed: false)
+        t.decode(into: f.p)
+        return f
+    }
+
+    /// `prefix.weight` [out, in] and, with `bias`, `prefix.bias` [out].
+    public func linear(_ prefix: String, out: Int, in: Int, bias: Bool = true) -> Linear {
+        Linear(weight: tensor(prefix + ".weight", [out, `in`]), bias: bias ? tensor(prefix + ".bias", [out]) : nil, in: `in`, out: out)
+    }
+
+    /// Several Linears of the same input stacked into one (Q, K, V → one [3D, D] product).
+    public func fused(_ prefixes: [String], out: Int, in: Int) -> Linear {
+        let parts = prefixes.map { linear($0, out: out, in: `in`) }
+        let w = Floats(count: parts.count * out * `in`, zeroed: false), b = Floats(count: parts.count * out, zeroed: false)
+        for (i, part) in parts.enumerated() {
+            w.row(i * out, `in`).update(from: part.weight.p, count: out * `in`)
+            b.row(i, out).update(from: part.bias!.p, count: out)
+        }
+        return Linear(weight: w, bias: b, in: `in`, out: parts.count * out)
+    }
+
+    /// LayerNorm `prefix.weight` and `prefix.bias`, both [dim].
+    public func norm(_ prefix: String, _ dim: Int) -> (weight: Floats, bias: Floats) {
+        (tensor(prefix + ".weight", [dim]), tensor(prefix + ".bias", [dim]))
+    }
+
+    /// Throws one error naming every problem: tensors missing, mis-shaped, of a dtype that
+    /// is not a weight type, or left over (in the checkpoint but read by nobody).
+    public func finish() throws {
+        let asked = Set(names)
+        let unexpected = tensors.keys.filter { !asked.contains($0) }.sorted().map { "unexpected \($0)" }
+        let all = problems + unexpected
+        guard !all.isEmpty else { return }
+        let shown = all.prefix(6).joined(separator: "; ")
+        let more = all.count > 6 ? "; and \(all.count - 6) more" : ""
+        throw MSGenError("weights do not match the \(architecture) config: \(shown)\(more)")
+    }
+}
