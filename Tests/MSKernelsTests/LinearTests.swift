@@ -178,7 +178,7 @@ struct LinearTests {
     @Test(arguments: WeightType.allCases) func tiledMatchesReference(type: WeightType) {
         var rng = Random(seed: 99 + UInt64(type.code))
         for level in Self.levels {
-            for (m, n, k, tile) in [(9, 10, 64, 3), (33, 29, 96, 8), (17, 70, 160, 64), (12, 5, 32, 100)] {
+            for (m, n, k, tile) in [(9, 10, 64, 3), (33, 29, 96, 8), (17, 70, 160, 64), (12, 5, 32, 100), (130, 41, 64, 16)] {
                 let kk = type == .q8 ? k : k + 5
                 for (bias, accumulate) in [(false, false), (true, false), (true, true), (false, true)] {
                     check(type, rows: m, out: n, in: kk, bias: bias, accumulate: accumulate, path: .tiled(tileRows: tile), level: level,
