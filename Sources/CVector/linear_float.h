@@ -5,6 +5,8 @@
      VF, VW         the float vector type and its lanes
      vzero(), vload(p), vfma(a, b, c) (a·b + c), vhsum(v)
      wf16(p), wbf16(p)   VW weights at p widened to VF
+     half_scale(p)  the IEEE-half q8 scale at p as a float
+   and linear.c defines put() (one output with bias and accumulation) for every copy.
    No function here is exported; linear.c's dispatchers call them. */
 
 /* VW weights from element i of a row, widened. `type` is a constant wherever this is

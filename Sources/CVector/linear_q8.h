@@ -5,7 +5,8 @@
      QW, qprep(p)            32 weight bytes at p, in whatever form qstep wants them
      QX, qxload(p)           32 x bytes at p
      qstep(acc, w, x, s)     acc + s·Σ w·x over the 32 pairs, the sum exact in int32
-     qhsum(acc)              the accumulator's lanes summed to one float */
+     qhsum(acc)              the accumulator's lanes summed to one float
+     half_scale(p)           the IEEE-half q8 scale at p as a float */
 
 /* RW weight rows from j times NX rows of quantised x (as in linear_float.h's mv_block). */
 INLINE void NAME(q8_block)(const char *w, long rb, long k, long j, const signed char *xq, const float *xd,

@@ -7,7 +7,8 @@ import Glibc
 
 /// The numeric kernels of msgen: every BLAS call and every hand-vectorised loop lives
 /// here, behind plain pointer functions, so that the models read as the math and the one
-/// place to tune is small. Float32 throughout; matrices are row-major.
+/// place to tune is small. Activations are float32; weight matrices are f32 here and in
+/// their stored type (f16, bf16, q8) in Linear.swift; matrices are row-major.
 public enum Kernels {
     /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n]): a PyTorch Linear on m rows at once.
     /// Rows of x and y may be strided (`xStride`, `yStride` ≥ k, n).
