@@ -79,16 +79,22 @@ INLINE float half1(const void *p) {
 #undef wf16
 #undef wbf16
 
+/* One block at a time (QBLOCKS 1), for every copy but the AVX-512 VNNI one: the scales
+   are plain floats, multiplied per block. */
+#define QBLOCKS 1
+#define QS float
+#define qscale(p, c) half_scale(p)
+#define qxscale(p, c) (*(p))
 #define QACC float
 #define qzero() 0.f
 #define QW const signed char *
-#define qprep(p) ((const signed char *)(p))
+#define qprep(p, c) ((const signed char *)(p) + 2)
 #define QX const signed char *
-#define qxload(p) (p)
-INLINE float qstep_base(float acc, const signed char *w, const signed char *x, float s) {
+#define qxload(p, c) (p)
+INLINE float qstep_base(float acc, const signed char *w, const signed char *x, float dw, float dx) {
     int sum = 0;
     for (int i = 0; i < 32; i++) sum += w[i] * x[i];
-    return acc + s * (float)sum;
+    return acc + dw * dx * (float)sum;
 }
 #define qstep qstep_base
 #define qhsum(a) (a)
@@ -128,50 +134,103 @@ INLINE float hsum8(__m256 v) {
    bytes, so multiply |w| by x carrying w's sign. |w| ≤ 128 and |x| ≤ 127 (the quantiser's
    range), so each pair sum ≤ 2·128·127 < 2^15 and the 16-bit sums never saturate. */
 typedef struct { __m256i w, aw; } QW_avx2;
-INLINE QW_avx2 qprep_avx2(const char *p) {
-    __m256i w = _mm256_loadu_si256((const __m256i *)p);
+INLINE QW_avx2 qprep_avx2(const char *blk) {
+    __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
     return (QW_avx2){w, _mm256_sign_epi8(w, w)};
 }
-INLINE __m256 qstep_avx2(__m256 acc, QW_avx2 w, __m256i x, float s) {
+INLINE __m256 qstep_avx2(__m256 acc, QW_avx2 w, __m256i x, float dw, float dx) {
     __m256i sx = _mm256_sign_epi8(x, w.w);
     __m256i pairs = _mm256_maddubs_epi16(w.aw, sx);
     __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(s), acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(dw * dx), acc);
 }
 #define QACC __m256
 #define qzero() _mm256_setzero_ps()
 #define QW QW_avx2
-#define qprep qprep_avx2
+#define qprep(p, c) qprep_avx2(p)
 #define QX __m256i
-#define qxload(p) _mm256_loadu_si256((const __m256i *)(p))
+#define qxload(p, c) _mm256_loadu_si256((const __m256i *)(p))
 #define qstep qstep_avx2
 #define qhsum(a) hsum8(a)
 #include "linear_q8.h"
 #undef qstep
 #undef NAME
-#pragma clang attribute pop
-
-/* ---- AVX-512 VNNI: the q8 kernel with vpdpbusd (u8 × s8, four pairs into each int32
-   lane, no 16-bit step), in 256-bit registers: a block is 32 bytes, and the kernel is
-   bound by memory, not by the width of the multiplies. Same sign trick. ---- */
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), \
-                             apply_to = function)
-#define NAME(f) f##_vnni
-INLINE __m256 qstep_vnni(__m256 acc, QW_avx2 w, __m256i x, float s) {
-    __m256i sx = _mm256_sign_epi8(x, w.w);
-    __m256i sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w.aw, sx);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(s), acc);
-}
-#define qstep qstep_vnni
-#include "linear_q8.h"
-#undef qstep
-#undef NAME
+#undef QBLOCKS
+#undef QS
+#undef qscale
+#undef qxscale
 #undef QACC
 #undef qzero
 #undef QW
 #undef qprep
 #undef QX
 #undef qxload
+#undef qhsum
+#pragma clang attribute pop
+
+/* ---- AVX-512 VNNI: the q8 kernel two blocks (64 bytes) a step in 512-bit registers,
+   with vpdpbusd (u8 × s8, four pairs into each int32 lane, no 16-bit step): lanes 0–7
+   hold the first block's sums, 8–15 the second's, and the scales are spread to match.
+   Half the instructions of the one-block AVX2 step, which could not keep up with memory.
+   The sign trick as above, with AVX-512's byte masks for the signs (there is no 512-bit
+   vpsignb). A row's last odd block runs the same code with the upper half zero. ---- */
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), \
+                             apply_to = function)
+#define NAME(f) f##_vnni
+#define QBLOCKS 2
+typedef struct { __m512i aw; __mmask64 negative; } QW_vnni;
+/* The weights of c (1 or 2) blocks at blk, blk + 34. */
+INLINE QW_vnni qprep_vnni(const char *blk, int c) {
+    __m512i w = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(blk + 2)));
+    if (c == 2) w = _mm512_inserti64x4(w, _mm256_loadu_si256((const __m256i *)(blk + 36)), 1);
+    else w = _mm512_zextsi256_si512(_mm512_castsi512_si256(w));
+    return (QW_vnni){_mm512_abs_epi8(w), _mm512_movepi8_mask(w)};
+}
+/* Two floats (the second zero when c == 1) spread to lanes 0–7 and 8–15. */
+INLINE __m512 spread2(__m128 two) {
+    return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), _mm512_castps128_ps512(two));
+}
+INLINE __m512 qscale_vnni(const char *blk, int c) {
+    uint16_t h0, h1 = 0;
+    memcpy(&h0, blk, 2);
+    if (c == 2) memcpy(&h1, blk + 34, 2);
+    return spread2(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h0 | (int)h1 << 16)));
+}
+INLINE __m512 qxscale_vnni(const float *d, int c) {
+    return spread2(_mm_setr_ps(d[0], c == 2 ? d[1] : 0, 0, 0));
+}
+INLINE __m512i qxload_vnni(const signed char *p, int c) {
+    return c == 2 ? _mm512_loadu_si512(p) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)p));
+}
+INLINE __m512 qstep_vnni(__m512 acc, QW_vnni w, __m512i x, __m512 dw, __m512 dx) {
+    __m512i sx = _mm512_mask_sub_epi8(x, w.negative, _mm512_setzero_si512(), x);
+    __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.aw, sx);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(dw, dx), acc);
+}
+#define QS __m512
+#define qscale qscale_vnni
+#define qxscale qxscale_vnni
+#define QACC __m512
+#define qzero() _mm512_setzero_ps()
+#define QW QW_vnni
+#define qprep qprep_vnni
+#define QX __m512i
+#define qxload qxload_vnni
+#define qstep qstep_vnni
+#define qhsum(a) _mm512_reduce_add_ps(a)
+#include "linear_q8.h"
+#undef NAME
+#undef QBLOCKS
+#undef QS
+#undef qscale
+#undef qxscale
+#undef QACC
+#undef qzero
+#undef QW
+#undef qprep
+#undef QX
+#undef qxload
+#undef qstep
 #undef qhsum
 #pragma clang attribute pop
 
