@@ -26,19 +26,22 @@ struct FeedForward {
     }
 }
 
-/// The token embedding table [V, D]: row t is token t's vector.
+/// The token embedding table [V, D] in its stored dtype: row t is token t's vector.
 struct Embedding {
-    let table: Floats
-    let dModel: Int
+    let table: WeightMatrix
+    let owner: AnyObject
 
     init(_ w: Weights, config c: CommonConfig) {
-        table = w.tensor("embed.weight", [c.vocabSize, c.dModel])
-        dModel = c.dModel
+        (table, owner) = w.matrix("embed.weight", rows: c.vocabSize, cols: c.dModel)
     }
 
+    /// The rows of `tokens`, as float32, one after another.
     func callAsFunction(_ tokens: [Int], into h: UnsafeMutablePointer<Float>) {
-        for (i, t) in tokens.enumerated() { (h + i * dModel).update(from: table.row(t, dModel), count: dModel) }
+        for (i, t) in tokens.enumerated() { Kernels.widen(table.rows(t..<(t + 1)), into: h + i * table.cols) }
     }
+
+    /// The tied output projection: the same matrix as a Linear.
+    var asLinear: Linear { Linear(weight: table, bias: nil, owner: owner) }
 }
 
 /// The final norm and the output projection (the embedding itself when tied).
@@ -49,8 +52,7 @@ struct OutputHead {
 
     init(_ w: Weights, config c: CommonConfig, embedding: Embedding) {
         norm = w.norm("norm_f", c.dModel)
-        head = c.tieEmbeddings ? Linear(weight: embedding.table, bias: nil, in: c.dModel, out: c.vocabSize)
-            : w.linear("lm_head", out: c.vocabSize, in: c.dModel, bias: false)
+        head = c.tieEmbeddings ? embedding.asLinear : w.linear("lm_head", out: c.vocabSize, in: c.dModel, bias: false)
         eps = c.normEps
     }
 
