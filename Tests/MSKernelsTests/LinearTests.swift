@@ -268,6 +268,17 @@ struct LinearTests {
         #expect(rate.isFinite && rate > 0)
     }
 
+    /// The detected level is what the kernel reports in /proc/cpuinfo (on Linux).
+    @Test func cpuLevelMatchesProcCpuinfo() {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
+        let flags = Set(line.split(separator: " ").map(String.init))
+        let avx2 = flags.isSuperset(of: ["avx2", "fma", "f16c"])
+        let avx512 = avx2 && flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq"])
+        let expected: Kernels.Level = avx512 && flags.contains("avx512_vnni") ? .avx512vnni : avx512 ? .avx512 : avx2 ? .avx2 : .baseline
+        #expect(Kernels.Level.cpu == expected)
+    }
+
     @Test func levelIsClampedToTheCPUs() {
         Kernels.level = .avx512vnni
         #expect(Kernels.level == .cpu)
