@@ -137,13 +137,15 @@ static _Thread_local int level = -1;
 /* The best level this CPU (and its OS, which must save the wide registers: the
    compiler's check includes that) runs. Asked once; the answer never changes. */
 int msgen_cpu_level(void) {
-    static int best = -1;
+    static int cached = -1;  /* threads may race to fill it in: they all store the same value */
+    int best = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (best < 0) {
         int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
         int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
         int vnni = avx512 && __builtin_cpu_supports("avx512vnni");
         best = vnni ? MSGEN_LEVEL_AVX512_VNNI : avx512 ? MSGEN_LEVEL_AVX512 : avx2 ? MSGEN_LEVEL_AVX2 : MSGEN_LEVEL_BASELINE;
+        __atomic_store_n(&cached, best, __ATOMIC_RELAXED);
     }
     return best;
 }

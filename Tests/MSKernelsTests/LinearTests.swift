@@ -159,10 +159,11 @@ struct LinearTests {
         }
     }
 
-    /// Fixed edge shapes: one column, exactly one vector, one over, the 32-wide q8 block.
+    /// Fixed edge shapes: one column, exactly one vector, one over, the 32-wide q8 block, and
+    /// a long row.
     @Test(arguments: WeightType.allCases) func matvecEdgeShapes(type: WeightType) {
         var rng = Random(seed: 7)
-        let ks = type == .q8 ? [32, 64, 96] : [1, 8, 15, 16, 17, 31, 32, 33]
+        let ks = type == .q8 ? [32, 64, 96, 3072] : [1, 8, 15, 16, 17, 31, 32, 33, 3075]  // (3072: GPT-2's d_ff)
         for level in Self.levels {
             for k in ks {
                 for (m, n) in [(1, 1), (1, 4), (1, 5), (2, 7), (4, 3), (8, 2), (9, 9)] {
@@ -266,6 +267,17 @@ struct LinearTests {
         }
         let rate = Kernels.measureReadBandwidth(bytes: 1 << 20, threads: 1, passes: 1)
         #expect(rate.isFinite && rate > 0)
+    }
+
+    /// The detected level is what the kernel reports in /proc/cpuinfo (on Linux).
+    @Test func cpuLevelMatchesProcCpuinfo() {
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
+        let flags = Set(line.split(separator: " ").map(String.init))
+        let avx2 = flags.isSuperset(of: ["avx2", "fma", "f16c"])
+        let avx512 = avx2 && flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq"])
+        let expected: Kernels.Level = avx512 && flags.contains("avx512_vnni") ? .avx512vnni : avx512 ? .avx512 : avx2 ? .avx2 : .baseline
+        #expect(Kernels.Level.cpu == expected)
     }
 
     @Test func levelIsClampedToTheCPUs() {
