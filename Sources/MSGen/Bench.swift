@@ -56,7 +56,7 @@ public struct Bench {
     /// context are reached by decoding (prefill fills at most the context).
     public func decode(depth: Int) throws -> Decode {
         try check(model.canDecodePastContext || depth + decodeTokens * repetitions <= model.config.context,
-                  "depth \(depth) is past this \(model.config.architecture.rawValue)'s context of \(model.config.context)")
+                  "depth \(depth) is past this \(model.config.architecture)'s context of \(model.config.context)")
         let cache = model.makeCache()
         let start = min(depth, model.config.context)
         if start > 0 { _ = try model.prefill(tokens(start), cache: cache, logitsFor: (start - 1)..<start) }

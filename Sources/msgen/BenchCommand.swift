@@ -91,7 +91,7 @@ struct BenchCommand: ParsableCommand {
         func json() -> String {
             func stat(_ s: Bench.Stat) -> JSONValue { .object(["median": .number(s.median), "min": .number(s.min), "max": .number(s.max)]) }
             var o: [String: JSONValue] = [
-                "model": .string(path), "architecture": .string(model.config.architecture.rawValue),
+                "model": .string(path), "architecture": .string(model.config.architecture),
                 "context": .number(Double(model.config.context)), "threads": .number(Double(Kernels.threads)),
                 "load_seconds": .number(loadSeconds), "weight_bytes": .number(Double(weightBytes)),
                 "peak_rss_bytes": .number(Double(rss)),
@@ -111,7 +111,7 @@ struct BenchCommand: ParsableCommand {
 
         func text() -> String {
             var lines = [
-                "model \(path): \(model.config.architecture.rawValue), context \(model.config.context), \(Kernels.threads) threads",
+                "model \(path): \(model.config.architecture), context \(model.config.context), \(Kernels.threads) threads",
                 String(format: "load %.3f s; weights %@ (f32); peak RSS %@", loadSeconds, humanBytes(weightBytes), humanBytes(rss)),
                 "  prefill tokens   tokens/s (median, min-max)",
             ]

@@ -41,7 +41,7 @@ struct Classify: ParsableCommand {
         let file = try MSZFile(path: try common.path(default: .classifier))
         let classifier = try loadClassifier(file)
         let tokenizer = try openTokenizer(file)
-        let labels = classifier.config.labels
+        let labels = classifier.labels
         let k = min(top, labels.count)
 
         for (index, text) in inputs.enumerated() {
@@ -50,7 +50,7 @@ struct Classify: ParsableCommand {
             try check(!ids.isEmpty, "input \(index + 1) gives no tokens; there is nothing to classify")
             let result = try classifier.classify(ids)
             if result.truncated {
-                Terminal.note("note: input \(index + 1) truncated from \(ids.count) to \(result.tokens) tokens (max_length \(classifier.config.maxLength) with [CLS])")
+                Terminal.note("note: input \(index + 1) truncated from \(ids.count) to \(result.tokens) tokens (max_length \(classifier.maxTextTokens + 1) with [CLS])")
             }
             // Best first; equal probabilities keep the labels' order.
             let ranked = result.probs.indices.sorted { (result.probs[$0], $1) > (result.probs[$1], $0) }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MSFormat
+import MSModels
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -19,7 +20,7 @@ struct Inspect: ParsableCommand {
     func run() throws {
         Output.setUp()
         let file = try MSZFile(path: model)
-        let config = try ModelConfig(json: file.config)
+        let summary = try Architectures.named(in: file.config).describe(try ConfigReader(file.config))
         let started = Date()
         if verify { _ = try file.load() }
         let loadSeconds = Date().timeIntervalSince(started)
@@ -49,9 +50,7 @@ struct Inspect: ParsableCommand {
                      Double(raw) / Double(max(stored, 1))))
         say("config:")
         for (k, v) in (file.config.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) { say("  \(k): \(v.compactText)") }
-        if config.architecture == .cstDecoder {
-            say("  (context \(config.context) tokens = \(config.maxSlices) slices × \(config.sliceLength); left extension \(config.leftExtension))")
-        }
+        say("  (\(summary))")
         say("tokenizer: \(tok.text)")
         say("provenance:")
         for (k, v) in file.provenance.sorted(by: { $0.key < $1.key }) { say("  \(k): \(v.stringValue ?? v.compactText)") }

@@ -31,7 +31,7 @@ extension MSGenCLI {
             let f = t.tensor.storage.bytes.bindMemory(to: Float.self)
             for j in f.indices { f[j] = .nan }
         }
-        try! MSZWriter.write(path: path, architecture: ckpt.config.architecture.rawValue, config: ckpt.configJSON,
+        try! MSZWriter.write(path: path, architecture: ckpt.configJSON.objectValue!["architecture"]!.stringValue!, config: ckpt.configJSON,
                              tokenizer: ckpt.tokenizerJSON, tensors: ckpt.tensors, provenance: [:])
         return path
     }

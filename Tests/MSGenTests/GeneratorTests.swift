@@ -10,7 +10,7 @@ func fixtureGenerator(_ name: String = "cst_a3_shared_untied_gelutanh_full") thr
     let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/golden/\(name)").path
     let ckpt = try Checkpoint.load(path: dir)
-    let model = try CSTDecoder(config: ckpt.config, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+    let model = try Architectures.languageModel(config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
     return Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
 }
 
@@ -96,7 +96,7 @@ struct BaselineGenerationTests {
         let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Fixtures/golden/transformer_untied_gelutanh").path
         let ckpt = try Checkpoint.load(path: dir)
-        let model = try TransformerDecoder(config: ckpt.config, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+        let model = try Architectures.languageModel(config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
         let g = Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
         var o = GenerationOptions(); o.maxTokens = 1000; o.ignoreEOS = true; o.sampler.seed = 3
         let r = try collect(g, "In", o)
