@@ -43,7 +43,7 @@ public struct Sampler: Sendable {
     /// The same, from logits the caller holds (a row of a batch).
     public mutating func sample(_ logits: UnsafeBufferPointer<Float>, history: [Int]) -> Int {
         var l = Array(logits)
-        Sampler.penalize(&l, history: history.suffix(options.repeatLastN), penalty: options.repeatPenalty)
+        Sampler.penalize(&l, history: history.suffix(max(options.repeatLastN, 0)), penalty: options.repeatPenalty)
         if options.temperature <= 0 { return Sampler.argmax(l) }
         let kept = Sampler.candidates(l, topK: options.topK, topP: options.topP, minP: options.minP)
         // Temperature last: softmax(l / T) over the survivors, then one uniform draw.

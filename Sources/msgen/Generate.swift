@@ -83,6 +83,7 @@ struct Generate: ParsableCommand {
         guard topP > 0 && topP <= 1 else { throw MSGenError("--top-p must be in (0, 1]") }
         guard minP >= 0 && minP <= 1 else { throw MSGenError("--min-p must be in [0, 1]") }
         guard repeatPenalty > 0 else { throw MSGenError("--repeat-penalty must be > 0") }
+        guard repeatLastN >= 0 else { throw MSGenError("--repeat-last-n must be ≥ 0") }
         guard logprobs >= 0 else { throw MSGenError("--logprobs must be ≥ 0") }
         guard logprobs == 0 || json else { throw MSGenError("--logprobs needs --json (the log-probabilities are fields of its token events)") }
     }

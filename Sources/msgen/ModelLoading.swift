@@ -37,9 +37,6 @@ struct BundledModel {
     static let generator = BundledModel(fileName: "models/cst-kjv.msz", environment: "MSGEN_MODEL", what: "model")
     static let classifier = BundledModel(fileName: "models/mstrans-fortunes.msz", environment: "MSGEN_CLASSIFIER", what: "classifier")
 
-    /// The bundled language model.
-    static func path() throws -> String { try generator.path() }
-
     func path() throws -> String {
         if let env = ProcessInfo.processInfo.environment[environment], !env.isEmpty { return env }
         let exe = BundledModel.executableDirectory()

@@ -79,6 +79,7 @@ struct GenerateCLITests {
         expectOneLineError(try CLI.run(["--model", CLI.models.encoder, "hello"]), "ms-trans-encoder")
         expectOneLineError(try CLI.run(["--model", "/nonexistent.msz", "hello"]), "cannot open")
         expectOneLineError(try CLI.run(["--model", m, "--top-p", "0", "x"]), "--top-p")
+        expectOneLineError(try CLI.run(["--model", m, "--repeat-last-n=-5", "--repeat-penalty", "1.1", "x"]), "--repeat-last-n must be ≥ 0")
         expectOneLineError(try CLI.run(["--model", m, "--lines"], stdin: Data("\n\n".utf8)), "no lines")
     }
 
