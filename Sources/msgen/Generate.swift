@@ -64,7 +64,7 @@ struct Generate: ParsableCommand {
     @Flag(help: "Each line of standard input (or of a -f file) is its own prompt.")
     var lines = false
 
-    @Flag(help: "Print JSON Lines events (one per token, then one with the stop reason and timings).")
+    @Flag(help: "Print JSON Lines events: one per token with its own text (--stop cuts only the plain output), then one with the stop reason and timings.")
     var json = false
 
     @Option(help: "With --json, each token event has its logprob and the N most likely tokens with theirs (\"top\").")
