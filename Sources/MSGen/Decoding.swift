@@ -67,13 +67,12 @@ public struct Decoding: Sendable {
         if options.maxTokens <= 0 { finished = .maxTokens }
     }
 
-    /// Refuses a prompt the model cannot take: the one place that decides it. Prefill
-    /// runs from an empty cache in one pass of at most `context` tokens, so today every
-    /// model is held to its context here; once prefill runs in chunks on a live cache, a
-    /// model that `canDecodePastContext` (CST) takes a longer prompt.
+    /// Refuses a prompt the model cannot take: the one place that decides it. A model that
+    /// `canDecodePastContext` (CST) takes a prompt of any length, prefilled in chunks
+    /// through its rolling cache; the others (the baseline) at most their context.
     public static func checkPrompt(count: Int, context: Int, canDecodePastContext: Bool) throws {
         try check(count >= 1, "the prompt has no tokens")
-        try check(count <= context, "the prompt is \(count) tokens, longer than the model's context of \(context)")
+        try check(count <= context || canDecodePastContext, "the prompt is \(count) tokens, longer than the model's context of \(context)")
     }
 
     /// Samples the next token from these logits (vocabulary floats).

@@ -39,7 +39,7 @@ public enum GenerationEvent: Sendable {
     case done(GenerationSummary)
 }
 
-/// Streams a continuation of a prompt: prefill in one batched pass, then one token at a
+/// Streams a continuation of a prompt: prefill in batched chunks, then one token at a
 /// time through the model's bounded cache; `Decoding` samples, detokenizes and decides
 /// when to stop.
 public final class Generator: @unchecked Sendable {
@@ -95,7 +95,7 @@ public final class Generator: @unchecked Sendable {
                                 context: model.config.context, canDecodePastContext: model.canDecodePastContext)
         let cache = model.makeCache()
         let t0 = Date()
-        var logits = decoding.finished == nil ? try model.prefill(prompt, cache: cache, logitsFor: (prompt.count - 1)..<prompt.count) : []
+        var logits = decoding.finished == nil ? try model.prefill(prompt: prompt, cache: cache) : []
         let t1 = Date()
         var heldBack = ""
         while decoding.finished == nil {

@@ -40,6 +40,19 @@ extension LanguageModel {
         }
     }
 
+    /// Prefills a prompt of any length (past the context for a model that decodes past
+    /// it) in chunks of at most the context, and returns the logits of its last token.
+    public func prefill(prompt tokens: [Int], cache: DecoderCache) throws -> [Float] {
+        let chunk = max(1, min(config.context, 1024))
+        var start = 0, last: [Float] = []
+        while start < tokens.count {
+            let end = min(tokens.count, start + chunk)
+            last = try prefill(Array(tokens[start..<end]), cache: cache, logitsFor: end == tokens.count ? (end - start - 1)..<(end - start) : 0..<0)
+            start = end
+        }
+        return last
+    }
+
     /// The checks every prefill makes before it touches the cache.
     public func checkPrefill(_ tokens: [Int], at position: Int) throws {
         try check(tokens.allSatisfy { $0 >= 0 && $0 < config.vocabSize }, "token id out of range for a vocabulary of \(config.vocabSize)")

@@ -120,6 +120,7 @@ struct DecodingTests {
         #expect { try Decoding.checkPrompt(count: 6, context: 5, canDecodePastContext: false) } throws: {
             "\($0)".contains("longer than the model's context of 5")
         }
+        try Decoding.checkPrompt(count: 6, context: 5, canDecodePastContext: true)
         #expect(throws: (any Error).self) { try Decoding.checkPrompt(count: 0, context: 5, canDecodePastContext: true) }
     }
 }

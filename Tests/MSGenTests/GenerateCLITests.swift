@@ -75,7 +75,9 @@ struct GenerateCLITests {
     @Test func badInputIsOneClearLine() throws {
         let m = CLI.models.decoder
         expectOneLineError(try CLI.run(["--model", m], stdin: Data([0x66, 0xFF, 0xFE])), "not valid UTF-8")
-        expectOneLineError(try CLI.run(["--model", m, String(repeating: "word ", count: 400)]), "longer than the model's context")
+        expectOneLineError(try CLI.run(["--model", CLI.models.baseline, String(repeating: "word ", count: 400)]), "longer than the model's context")
+        let past = try CLI.run(["--model", m, "-n", "3", String(repeating: "word ", count: 400)])  // CST goes past it
+        #expect(past.status == 0 && past.stderr.contains("seed"), "\(past.stderr)")
         expectOneLineError(try CLI.run(["--model", CLI.models.encoder, "hello"]), "ms-trans-encoder")
         expectOneLineError(try CLI.run(["--model", "/nonexistent.msz", "hello"]), "cannot open")
         expectOneLineError(try CLI.run(["--model", m, "--top-p", "0", "x"]), "--top-p")
