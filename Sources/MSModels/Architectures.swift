@@ -158,28 +158,34 @@ public enum Architectures {
 
     /// Builds a model from a config and its tensors, checking every key and every tensor.
     /// Also returns the tensor names in the model's natural order.
-    public static func load(config: JSONValue, tensors: [String: Tensor]) throws -> (model: Architecture.Model, names: [String]) {
+    public static func load(config: JSONValue, tensors: [String: Tensor]) throws
+        -> (model: Architecture.Model, names: [String], weights: WeightSummary) {
         let a = try named(in: config)
         let reader = try ConfigReader(config)
         let weights = Weights(tensors, architecture: a.name)
         let model = try a.build(reader, weights)
         try weights.finish()
-        return (model, weights.names)
+        return (model, weights.names, weights.summary)
     }
 }
 
 extension Architectures {
     /// A language model from a config and its tensors; `file` names it in messages.
     public static func languageModel(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor], file: String = "the model") throws -> LanguageModel {
-        guard case .languageModel(let m) = try load(config, tensors, as: "language model", file: file, command: "this command") else {
-            preconditionFailure("load checks the kind")
-        }
-        return m
+        try languageModelAndWeights(config: config, tensors: try tensors(), file: file).model
+    }
+
+    /// The same, with what its weights take.
+    public static func languageModelAndWeights(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor],
+                                               file: String = "the model") throws -> (model: LanguageModel, weights: WeightSummary) {
+        let loaded = try load(config, tensors, as: "language model", file: file, command: "this command")
+        guard case .languageModel(let m) = loaded.model else { preconditionFailure("load checks the kind") }
+        return (m, loaded.weights)
     }
 
     /// A text classifier from a config and its tensors.
     public static func classifier(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor], file: String = "the model") throws -> TextClassifier {
-        guard case .classifier(let c) = try load(config, tensors, as: "classifier", file: file, command: "classify") else {
+        guard case .classifier(let c) = try load(config, tensors, as: "classifier", file: file, command: "classify").model else {
             preconditionFailure("load checks the kind")
         }
         return c
@@ -188,13 +194,13 @@ extension Architectures {
     /// Checks that the config's architecture is of the kind a command needs before the
     /// tensors are read, then builds the model.
     private static func load(_ config: JSONValue, _ tensors: () throws -> [String: Tensor], as kind: String, file: String,
-                             command: String) throws -> Architecture.Model {
+                             command: String) throws -> (model: Architecture.Model, names: [String], weights: WeightSummary) {
         let a = try named(in: config)
         guard a.kind == kind else {
             let wanted = all.filter { $0.kind == kind }.map(\.name).joined(separator: " or ")
             throw MSGenError("\(file) is \(article(a.name)) \(a.name) (a \(a.kind)); \(command) needs \(article(kind)) \(kind) (\(wanted))")
         }
-        return try load(config: config, tensors: try tensors()).model
+        return try load(config: config, tensors: try tensors())
     }
 
     private static func article(_ word: String) -> String { "aeiou".contains(word.first ?? "x") ? "an" : "a" }
@@ -213,6 +219,11 @@ extension Checkpoint {
 /// Opens a model file as a language model.
 public func loadLanguageModel(_ file: MSZFile) throws -> LanguageModel {
     try Architectures.languageModel(config: file.config, tensors: try file.load(), file: (file.path as NSString).lastPathComponent)
+}
+
+/// Opens a model file as a language model, with what its weights take in memory.
+public func openLanguageModel(_ file: MSZFile) throws -> (model: LanguageModel, weights: WeightSummary) {
+    try Architectures.languageModelAndWeights(config: file.config, tensors: try file.load(), file: (file.path as NSString).lastPathComponent)
 }
 
 /// Opens a model file as a text classifier.

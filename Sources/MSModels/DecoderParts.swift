@@ -52,7 +52,12 @@ struct OutputHead {
 
     init(_ w: Weights, config c: CommonConfig, embedding: Embedding) {
         norm = w.norm("norm_f", c.dModel)
-        head = c.tieEmbeddings ? embedding.asLinear : w.linear("lm_head", out: c.vocabSize, in: c.dModel, bias: false)
+        if c.tieEmbeddings {
+            head = embedding.asLinear
+            w.readsEveryToken(head)
+        } else {
+            head = w.linear("lm_head", out: c.vocabSize, in: c.dModel, bias: false)
+        }
         eps = c.normEps
     }
 

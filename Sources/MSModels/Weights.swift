@@ -87,6 +87,23 @@ public struct Linear: @unchecked Sendable {
     }
 }
 
+/// What a loaded model's weights take in memory, and what decoding reads per token.
+public struct WeightSummary: Sendable, Equatable {
+    /// Matrices (kept in their stored dtype), by dtype.
+    public var matrixBytes: [WeightType: Int] = [:]
+    /// Vectors and small tables (norms, biases, positions), widened to f32.
+    public var vectorBytes = 0
+    /// Bytes of the Linear weights one decoded token reads (every matrix product once).
+    public var bytesPerToken = 0
+
+    public init() {}
+    public var residentBytes: Int { matrixBytes.values.reduce(vectorBytes, +) }
+    /// "q8", or "f16 + f32" when matrices are stored in several dtypes.
+    public var dtype: String {
+        matrixBytes.filter { $0.value > 0 }.keys.map(\.rawValue).sorted().joined(separator: " + ")
+    }
+}
+
 /// A model's tensors, read by name as its initializer asks for them. The checkpoint is
 /// then checked against what was asked: every tensor asked for was there with the shape
 /// asked for, and nothing was left over. So each tensor name is spelled once, in the code
@@ -101,6 +118,8 @@ public final class Weights {
     /// then layer by layer), which `convert` stores them in.
     public private(set) var names: [String] = []
     private var problems: [String] = []
+    /// What the loaded model holds, for `bench` and `inspect`.
+    public private(set) var summary = WeightSummary()
 
     public init(_ tensors: [String: Tensor], architecture: String) {
         self.tensors = tensors
@@ -118,6 +137,7 @@ public final class Weights {
         if t.shape != shape { problems.append("\(name) has shape \(shapeString(t.shape)), config needs \(shapeString(shape))"); ok = false }
         if !t.dtype.isFloat { problems.append("\(name) has dtype \(t.dtype), weights must be f32, f16, bf16 or q8"); ok = false }
         guard ok else { return Floats(count: shape.reduce(1, *)) }
+        summary.vectorBytes += 4 * t.count
         if t.dtype == .f32 { return Floats(t) }
         let f = Floats(count: t.count, zeroed: false)
         t.decode(into: f.p)
@@ -128,6 +148,7 @@ public final class Weights {
     public func matrix(_ name: String, rows: Int, cols: Int) -> (matrix: WeightMatrix, owner: AnyObject) {
         if let t = tensors[name], let type = WeightType(rawValue: t.dtype.rawValue), t.shape == [rows, cols] {
             names.append(name)
+            summary.matrixBytes[type, default: 0] += t.byteCount
             return (WeightMatrix(type: type, data: t.storage.bytes.baseAddress!, rows: rows, cols: cols), t.storage)
         }
         let f = tensor(name, [rows, cols])  // records what is wrong
@@ -137,8 +158,13 @@ public final class Weights {
     /// `prefix.weight` [out, in] and, with `bias`, `prefix.bias` [out].
     public func linear(_ prefix: String, out: Int, in: Int, bias: Bool = true) -> Linear {
         let w = matrix(prefix + ".weight", rows: out, cols: `in`)
+        summary.bytesPerToken += w.matrix.byteCount
         return Linear(weight: w.matrix, bias: bias ? tensor(prefix + ".bias", [out]) : nil, owner: w.owner)
     }
+
+    /// Counts a Linear made from a matrix read otherwise (a tied output projection) as
+    /// one that every decoded token reads.
+    func readsEveryToken(_ l: Linear) { summary.bytesPerToken += l.weight.byteCount }
 
     /// Several Linears of the same input stacked into one (Q, K, V → one [3D, D] product):
     /// their rows side by side in their stored dtype (widened to f32 if they differ).
@@ -158,6 +184,14 @@ public final class Weights {
             }
         }
         let w = WeightMatrix(type: type, data: storage.bytes.baseAddress!, rows: parts.count * out, cols: `in`)
+        // The parts are released; the stacked copy is what stays (and is read).
+        for part in parts {
+            summary.matrixBytes[part.dtype, default: 0] -= part.weight.byteCount
+            summary.bytesPerToken -= part.weight.byteCount
+        }
+        summary.matrixBytes[type, default: 0] += w.byteCount
+        summary.bytesPerToken += w.byteCount
+        summary.vectorBytes += 4 * b.count - parts.reduce(0) { $0 + 4 * $1.outFeatures }
         return Linear(weight: w, bias: b, owner: storage)
     }
 

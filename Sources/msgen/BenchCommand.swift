@@ -31,6 +31,9 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Print one JSON object.")
     var json = false
 
+    @Flag(help: "Also measure this machine's memory read bandwidth (reads a 256 MB buffer), to compare decode against.")
+    var bandwidth = false
+
     func validate() throws {
         guard !context.isEmpty, context.allSatisfy({ $0 >= 1 }) else { throw MSGenError("--context depths must be ≥ 1") }
         guard repetitions >= 1, decodeTokens >= 1 else { throw MSGenError("--repetitions and --decode-tokens must be ≥ 1") }
@@ -43,9 +46,8 @@ struct BenchCommand: ParsableCommand {
         let path = try common.path()
         let t0 = Date()
         let file = try MSZFile(path: path)
-        let lm = try loadLanguageModel(file)
+        let (lm, weights) = try openLanguageModel(file)
         let loadSeconds = Date().timeIntervalSince(t0)
-        let weightBytes = file.tensors.reduce(0) { $0 + (elementCount($1.shape) ?? 0) } * 4
         var bench = Bench(model: lm)
         bench.repetitions = repetitions
         bench.decodeTokens = decodeTokens
@@ -56,7 +58,7 @@ struct BenchCommand: ParsableCommand {
             try check(bench.decodeTokens >= 1, "--repetitions \(repetitions) does not fit this model's context of \(lm.config.context)")
             Terminal.note("note: \(bench.decodeTokens) decode tokens per run, to fit this model's context of \(lm.config.context)")
         }
-        var report = Report(path: path, model: lm, loadSeconds: loadSeconds, weightBytes: weightBytes)
+        var report = Report(path: path, model: lm, loadSeconds: loadSeconds, weights: weights)
         do {
             for depth in context {
                 let n = min(depth, lm.config.context)
@@ -77,23 +79,32 @@ struct BenchCommand: ParsableCommand {
         } catch is CancellationError {
             report.interrupted = true
         }
+        // After the runs, so that the probe's buffer is not in the peak RSS reported above.
+        if bandwidth && !report.interrupted { report.readBandwidth = Kernels.measureReadBandwidth() }
         Output.write(json ? report.json() : report.text())
         if report.interrupted { throw ExitCode(130) }
     }
 
     /// What was measured (all of it, or what was done before Ctrl-C).
     struct Report {
-        let path: String, model: LanguageModel, loadSeconds: Double, weightBytes: Int
+        let path: String, model: LanguageModel, loadSeconds: Double, weights: WeightSummary
         var prefills: [Bench.Prefill] = [], decodes: [Bench.Decode] = []
         var interrupted = false
         let rss = peakResidentBytes()
+        /// GB/s (10⁹ bytes/s) this machine reads memory at, with --bandwidth.
+        var readBandwidth: Double?
+
+        /// Weight bytes one decoded token reads × tokens/s, in GB/s.
+        func weightBandwidth(_ d: Bench.Decode) -> Double { Double(weights.bytesPerToken) / d.secondsPerToken.median / 1e9 }
 
         func json() -> String {
             func stat(_ s: Bench.Stat) -> JSONValue { .object(["median": .number(s.median), "min": .number(s.min), "max": .number(s.max)]) }
             var o: [String: JSONValue] = [
                 "model": .string(path), "architecture": .string(model.config.architecture),
                 "context": .number(Double(model.config.context)), "threads": .number(Double(Kernels.threads)),
-                "load_seconds": .number(loadSeconds), "weight_bytes": .number(Double(weightBytes)),
+                "load_seconds": .number(loadSeconds), "weight_dtype": .string(weights.dtype),
+                "weight_bytes": .number(Double(weights.residentBytes)), "weight_bytes_per_token": .number(Double(weights.bytesPerToken)),
+                "cpu_kernels": .string("\(Kernels.level)"),
                 "peak_rss_bytes": .number(Double(rss)),
                 "prefill": .array(prefills.map { p in
                     .object(["tokens": .number(Double(p.tokens)), "seconds": stat(p.seconds),
@@ -102,9 +113,10 @@ struct BenchCommand: ParsableCommand {
                 "decode": .array(decodes.map { d in
                     .object(["depth": .number(Double(d.depth)), "seconds_per_token": stat(d.secondsPerToken),
                              "tokens_per_second": .number(1 / d.secondsPerToken.median),
-                             "cache_bytes": .number(Double(d.cacheBytes))])
+                             "cache_bytes": .number(Double(d.cacheBytes)), "weight_gb_per_second": .number(weightBandwidth(d))])
                 }),
             ]
+            if let readBandwidth { o["read_bandwidth_gb_per_second"] = .number(readBandwidth) }
             if interrupted { o["interrupted"] = .bool(true) }
             return JSONValue.object(o).compactText + "\n"
         }
@@ -112,19 +124,22 @@ struct BenchCommand: ParsableCommand {
         func text() -> String {
             var lines = [
                 "model \(path): \(model.config.architecture), context \(model.config.context), \(Kernels.threads) threads",
-                String(format: "load %.3f s; weights %@ (f32); peak RSS %@", loadSeconds, humanBytes(weightBytes), humanBytes(rss)),
+                String(format: "load %.3f s; weights %@ in memory (%@ matrices, f32 vectors), %@ read per token; %@ kernels; peak RSS %@",
+                       loadSeconds, humanBytes(weights.residentBytes), weights.dtype, humanBytes(weights.bytesPerToken),
+                       "\(Kernels.level)", humanBytes(rss)),
                 "  prefill tokens   tokens/s (median, min-max)",
             ]
             for p in prefills {
                 lines.append(String(format: "  %14d   %8.0f (%.0f-%.0f)", p.tokens, Double(p.tokens) / p.seconds.median,
                                     Double(p.tokens) / p.seconds.max, Double(p.tokens) / p.seconds.min))
             }
-            lines.append("  decode depth   ms/token (median, min-max)   tokens/s   cache")
+            lines.append("  decode depth   ms/token (median, min-max)   tokens/s   weights GB/s   cache")
             for d in decodes {
                 let s = d.secondsPerToken
-                lines.append(String(format: "  %12d   %8.3f (%.3f-%.3f)   %8.0f   %@", d.depth, s.median * 1e3, s.min * 1e3, s.max * 1e3,
-                                    1 / s.median, humanBytes(d.cacheBytes)))
+                lines.append(String(format: "  %12d   %8.3f (%.3f-%.3f)   %8.0f   %12.1f   %@", d.depth, s.median * 1e3, s.min * 1e3, s.max * 1e3,
+                                    1 / s.median, weightBandwidth(d), humanBytes(d.cacheBytes)))
             }
+            if let readBandwidth { lines.append(String(format: "memory read bandwidth %.1f GB/s (%d threads)", readBandwidth, Kernels.threads)) }
             if interrupted { lines.append("(interrupted)") }
             return lines.joined(separator: "\n") + "\n"
         }
