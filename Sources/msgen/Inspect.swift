@@ -22,8 +22,11 @@ struct Inspect: ParsableCommand {
         let file = try MSZFile(path: model)
         let summary = try Architectures.named(in: file.config).describe(try ConfigReader(file.config))
         let started = Date()
-        if verify { _ = try file.load() }
+        // --verify builds the model from every decompressed tensor, which also tells what
+        // its weights take in memory: matrices in their stored dtype, vectors in f32.
+        let tensors = verify ? try file.load() : nil
         let loadSeconds = Date().timeIntervalSince(started)
+        let weights = try tensors.map { try Architectures.load(config: file.config, tensors: $0).weights }
         let stored = file.tensors.reduce(0) { $0 + $1.storedBytes }
         let raw = file.tensors.reduce(0) { $0 + $1.rawBytes }
         let params = file.tensors.reduce(0) { $0 + (elementCount($1.shape) ?? 0) }
@@ -41,7 +44,11 @@ struct Inspect: ParsableCommand {
                              "stored_bytes": .number(Double(t.storedBytes)), "raw_bytes": .number(Double(t.rawBytes))])
                 }),
             ]
-            if verify { o["verified"] = .bool(true); o["load_seconds"] = .number(loadSeconds) }
+            if let weights {
+                o["verified"] = .bool(true); o["load_seconds"] = .number(loadSeconds)
+                o["resident_bytes"] = .object(Dictionary(uniqueKeysWithValues: weights.matrixBytes.filter { $0.value > 0 }.map { ($0.key.rawValue, .number(Double($0.value))) })
+                    .merging(["f32 vectors": .number(Double(weights.vectorBytes))]) { a, _ in a })
+            }
             say(JSONValue.object(o).compactText)
             return
         }
@@ -62,9 +69,12 @@ struct Inspect: ParsableCommand {
             say(String(format: "  %@  %-4@  %@  %10@  raw %10@  %.2fx", name, t.dtype.rawValue, shape,
                          humanBytes(t.storedBytes), humanBytes(t.rawBytes), Double(t.rawBytes) / Double(t.storedBytes)))
         }
-        if verify {
+        if let weights {
             say(String(format: "verified: all %d tensors decompress and match their checksums (%@ in %.3f s, %.2f GB/s)",
                          file.tensors.count, humanBytes(raw), loadSeconds, Double(raw) / loadSeconds / 1e9))
+            let parts = weights.matrixBytes.filter { $0.value > 0 }.sorted { $0.key.rawValue < $1.key.rawValue }
+                .map { "\(humanBytes($0.value)) \($0.key.rawValue) matrices" } + ["\(humanBytes(weights.vectorBytes)) f32 vectors"]
+            say("in memory: \(humanBytes(weights.residentBytes)) (\(parts.joined(separator: ", ")))")
         }
     }
 }
