@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -287,7 +288,9 @@ def train(args):
                             metadata={"steps": args.steps, "train": args.train})
     ppl = perplexity(model, val_data, context=args.eval_context or cfg.context, stride=args.eval_stride,
                      byte_lengths=token_byte_lengths(tok))
-    log(run_dir, {"step": args.steps, "split": "valid", **ppl})
+    # peak memory of this process (ru_maxrss is in KiB on Linux), for comparing architectures
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    log(run_dir, {"step": args.steps, "split": "valid", **ppl, "peak_rss_bytes": peak})
     print(f"exported {out}", file=sys.stderr)
     return model
 

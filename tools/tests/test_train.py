@@ -54,6 +54,7 @@ def test_multiscale_trains_and_exports(tmp_path, arch, extra):
     model, cfg = load_checkpoint(tmp_path / arch / "final")
     assert cfg.architecture == f"{arch}-decoder" and cfg.scales == 3 and cfg.layers_per_scale == [1, 1, 1]
     assert cfg.n_layers is None and cfg.max_positions == 16
-    losses = [r["loss"] for r in map(json.loads, (tmp_path / arch / "log.jsonl").read_text().splitlines())
-              if "loss" in r]
+    records = [json.loads(line) for line in (tmp_path / arch / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
     assert losses[-1] < losses[0]
+    assert records[-1]["split"] == "valid" and records[-1]["peak_rss_bytes"] > 10 * 2**20
