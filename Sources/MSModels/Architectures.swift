@@ -135,6 +135,8 @@ public enum Architectures {
         CSTDecoder.architecture,
         TransformerDecoder.architecture,
         MSTransEncoder.architecture,
+        TopDownDecoder.architecture,
+        BottomUpDecoder.architecture,
     ]
     private static let lock = NSLock()
 
