@@ -3,7 +3,7 @@
     .venv/bin/python tools/bench_side_by_side.py [--cst-checkpoint DIR] [--text FILE] [--tokens N] [--threads N] [--scoring-only]
     .venv/bin/python tools/bench_side_by_side.py --multiscale [--td-checkpoint DIR] [--bu-checkpoint DIR] [--cst-checkpoint DIR]
 
---multiscale instead measures the DESIGN §8 decoders next to CST and a baseline of the
+--multiscale instead measures the multi-scale decoders (Sources/MSModels/README.md) next to CST and a baseline of the
 same size and context (1,024): decode ms/token at depth 256, 512 and at the context, and
 the cache bytes held there (see `multiscale` below; the configs are tools/README.md's).
 

@@ -4,7 +4,7 @@ import MSKernels
 import MSModels
 import MSTokenizer
 
-/// Perplexity of a token stream with the windows of DESIGN §6: windows of C tokens start
+/// Perplexity of a token stream with the windows `msgen perplexity --help` describes: windows of C tokens start
 /// every S tokens, and each scores — given the tokens before them in the window — only
 /// the tokens no earlier window scored. The first token is context only. Scoring uses the
 /// batched forward (matrix-matrix), one window per thread.
@@ -121,7 +121,7 @@ public struct Scorer {
         return result
     }
 
-    /// One window of DESIGN §6: the batched forward over [start, end), scoring [first, end).
+    /// One window: the batched forward over [start, end), scoring [first, end).
     func scoreWindow(_ w: Window, ids: [Int], base: LanguageModel?) throws -> Result {
         let window = Array(ids[w.start..<w.end])
         let rows = (w.first - w.start - 1)..<(w.end - w.start - 1)

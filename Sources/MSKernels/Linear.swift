@@ -2,7 +2,7 @@ import CBLAS
 import CVector
 import Dispatch
 
-/// The element type a weight matrix is stored in (msgen's float dtypes, DESIGN §10).
+/// The element type a weight matrix is stored in (msgen's float dtypes; Sources/MSFormat/FORMAT.md).
 public enum WeightType: String, Sendable, CaseIterable {
     case f32, f16, bf16, q8
 

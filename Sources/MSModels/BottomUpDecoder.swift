@@ -1,7 +1,7 @@
 import MSFormat
 import MSKernels
 
-/// The bottom-up multi-scale decoder (DESIGN §8 (b); README.md beside this file,
+/// The bottom-up multi-scale decoder (README.md beside this file,
 /// "Multi-scale decoders"): fine to coarse, then aggregate. The tokens go through scale
 /// 0's blocks; each coarser scale runs its blocks over the means of k complete rows of the
 /// scale below; every token then adds A_s·(newest complete row of scale s) + a_s for each

@@ -1,7 +1,7 @@
 import MSFormat
 import MSKernels
 
-/// config.json of a multi-scale decoder (DESIGN §8, README.md beside this file,
+/// config.json of a multi-scale decoder (README.md beside this file,
 /// "Multi-scale decoders"): the common keys, S scales of k^s-token blocks with their own
 /// blocks each, and the context N.
 public struct MultiScaleConfig: Sendable, Equatable {

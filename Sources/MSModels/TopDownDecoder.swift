@@ -1,7 +1,7 @@
 import MSFormat
 import MSKernels
 
-/// The top-down multi-scale decoder (DESIGN §8 (a); README.md beside this file,
+/// The top-down multi-scale decoder (README.md beside this file,
 /// "Multi-scale decoders"): coarse to fine. Scale s (from the coarsest down to 1) reads
 /// each complete block's mean token embedding plus the newest complete row of the scale
 /// above it; the tokens read the newest complete row of scale 1. Every scale is a stack

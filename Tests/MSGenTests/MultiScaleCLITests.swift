@@ -5,7 +5,7 @@ import MSModels
 import MSTokenizer
 @testable import MSGen
 
-/// The multi-scale decoders of DESIGN §8 through the generator and the msgen binary:
+/// The multi-scale decoders (Sources/MSModels/README.md) through the generator and the msgen binary:
 /// convert, inspect, generate (stopping with "context_full"), perplexity and bench work
 /// on converted fixtures unchanged, and a config whose sizes do not divide is refused at
 /// convert with one line.

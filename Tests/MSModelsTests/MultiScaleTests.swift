@@ -3,7 +3,7 @@ import Testing
 import MSFormat
 @testable import MSModels
 
-/// The multi-scale decoders of DESIGN §8 (top-down, bottom-up). Their golden fixtures also
+/// The multi-scale decoders (top-down, bottom-up; Sources/MSModels/README.md). Their golden fixtures also
 /// run through every test of DecoderTests and CacheTests (logits equal the PyTorch
 /// reference, prefill k then decode at every k, chunked prefill and batched steps equal
 /// token by token); this file holds what is particular to them.

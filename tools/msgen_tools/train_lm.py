@@ -1,4 +1,4 @@
-"""Train a CST, baseline, top-down or bottom-up (DESIGN §8) language model on the corpus from corpus.py.
+"""Train a CST, baseline, top-down or bottom-up (Sources/MSModels/README.md) language model on the corpus from corpus.py.
 
     python -m msgen_tools.train_lm --arch cst --run-dir runs/cst [model/opt flags]
     python -m msgen_tools.train_lm --arch top-down --layers-per-scale 4,2 --pool-factor 4 --run-dir runs/td
@@ -67,7 +67,7 @@ def get_batch(data: np.ndarray, batch_size: int, seq_len: int, seed: int, step: 
 
 
 def perplexity_windows(n: int, context: int, stride: int):
-    """The windows `msgen perplexity` uses (DESIGN §6): windows of `context` tokens
+    """The windows `msgen perplexity` uses: windows of `context` tokens
     start every `stride` tokens; each scores only tokens no earlier window scored,
     given the tokens before them in the window. Token 0 is context only.
     Returns (start, end, first_scored) triples; scored positions are [first, end)."""
@@ -302,7 +302,7 @@ def parser():
     a("--run-dir", required=True)
     a("--resume", action="store_true", help="continue the run in --run-dir (its args.json is reused)")
     a("--arch", choices=["cst", "transformer", "top-down", "bottom-up"], default="cst",
-      help="cst-decoder, transformer-decoder, or a multi-scale decoder of DESIGN §8")
+      help="cst-decoder, transformer-decoder, or a multi-scale decoder (top-down-decoder, bottom-up-decoder)")
     # data
     a("--train", default=str(data / "kjv" / "train.txt"))
     a("--valid", default=str(data / "kjv" / "valid.txt"))
