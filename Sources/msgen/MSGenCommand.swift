@@ -10,7 +10,7 @@ struct MSGenCommand: AsyncParsableCommand {
         abstract: "Run multi-scale transformer language models (CST, MS-Trans) on the CPU.",
         discussion: "With no subcommand, msgen generates: `msgen \"In the beginning\"`.",
         version: version,
-        subcommands: [Generate.self, Tokenize.self, PerplexityCommand.self, BenchCommand.self, Convert.self, Inspect.self, Classify.self],
+        subcommands: [Generate.self, Tokenize.self, PerplexityCommand.self, BenchCommand.self, Convert.self, Inspect.self, Classify.self, Serve.self],
         defaultSubcommand: Generate.self
     )
 
