@@ -94,7 +94,9 @@ struct Handlers: Sendable {
         } onInboundClosed: {
             handle.cancel()
         }
-        return json(result)
+        var response = json(result)
+        response.headers[.connection] = "close"  // as for streams, below
+        return response
     }
 
     /// A whole answer: every event, then one JSON body.
@@ -115,7 +117,9 @@ struct Handlers: Sendable {
     /// then `data: [DONE]`. A client that disconnects (or stops reading for long enough to
     /// fill its buffer) cancels its sequence.
     private func streamed(_ handle: SequenceHandle, render: Renderer, request: Request) -> Response {
-        let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache"]
+        // Watching for the client's close consumes the connection's input: it cannot carry
+        // another request, and the client is told so.
+        let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .connection: "close"]
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
             defer { handle.cancel() }
             try await request.body.consumeWithInboundCloseHandler { _ in

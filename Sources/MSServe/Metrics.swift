@@ -12,19 +12,24 @@ final class ServeMetrics: Sendable {
     let stepBatchSize: ValueHistogram
 
     init() {
-        promptTokens = registry.makeCounter(name: "msgen_prompt_tokens_total", help: "Prompt tokens prefilled.")
-        completionTokens = registry.makeCounter(name: "msgen_completion_tokens_total", help: "Tokens generated.")
-        activeSequences = registry.makeGauge(name: "msgen_active_sequences", help: "Sequences being decoded.")
-        queuedSequences = registry.makeGauge(name: "msgen_queued_sequences", help: "Sequences waiting for a free slot.")
-        cacheBytes = registry.makeGauge(name: "msgen_cache_bytes", help: "Bytes of decoder cache held by the active sequences.")
+        promptTokens = registry.makeCounter(descriptor: Self.name("prompt_tokens", "total", "Prompt tokens prefilled."))
+        completionTokens = registry.makeCounter(descriptor: Self.name("completion_tokens", "total", "Tokens generated."))
+        activeSequences = registry.makeGauge(descriptor: Self.name("active_sequences", "", "Sequences being decoded."))
+        queuedSequences = registry.makeGauge(descriptor: Self.name("queued_sequences", "", "Sequences waiting for a free slot."))
+        cacheBytes = registry.makeGauge(descriptor: Self.name("cache", "bytes", "Bytes of decoder cache held by the active sequences."))
         stepBatchSize = registry.makeValueHistogram(
-            name: "msgen_step_batch_size", buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
-            help: "Sequences advanced by each batched model step.")
+            descriptor: Self.name("step_batch_size", "", "Sequences advanced by each batched model step."),
+            buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+    }
+
+    /// msgen_NAME_UNIT (an empty unit is left out).
+    private static func name(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "msgen", metricName: name, unitName: unit, helpText: help)
     }
 
     /// Counts one answered request by its HTTP status.
     func request(status: Int) {
-        registry.makeCounter(name: "msgen_requests_total", labels: [("status", String(status))], help: "HTTP requests answered, by status.")
+        registry.makeCounter(descriptor: Self.name("requests", "total", "HTTP requests answered, by status."), labels: [("status", String(status))])
             .increment()
     }
 

@@ -164,8 +164,10 @@ final class Scheduler: @unchecked Sendable {
     // MARK: The loop (scheduler thread)
 
     private func loop() {
-        while let newcomers = nextRound() {
+        while true {
+            // A cancelled sequence leaves before anything else happens: before the next step.
             running.removeAll { leaveIfCancelled($0) }
+            guard let newcomers = nextRound() else { break }
             running += newcomers.filter(prefill)
             // Sample every sequence's next token; the ones that go on feed it back.
             var goingOn: [Sequence] = []

@@ -65,14 +65,14 @@ func buildRouter(_ engine: Engine) -> Router<BasicRequestContext> {
     router.add(middleware: ErrorMiddleware(metrics: engine.metrics))
     router.add(middleware: APIKeyMiddleware(key: engine.options.apiKey))
     let h = Handlers(engine: engine)
-    router.post("/v1/completions", use: h.completions)
-    router.post("/v1/chat/completions", use: h.chat)
-    router.get("/v1/models", use: h.models)
-    router.get("/v1/models/{id}", use: h.model)
-    router.get("/health", use: h.health)
-    router.get("/metrics", use: h.metrics)
-    router.post("/tokenize", use: h.tokenize)
-    router.post("/detokenize", use: h.detokenize)
+    router.post("/v1/completions") { try await h.completions($0, context: $1) }
+    router.post("/v1/chat/completions") { try await h.chat($0, context: $1) }
+    router.get("/v1/models") { try await h.models($0, context: $1) }
+    router.get("/v1/models/{id}") { try await h.model($0, context: $1) }
+    router.get("/health") { try await h.health($0, context: $1) }
+    router.get("/metrics") { try await h.metrics($0, context: $1) }
+    router.post("/tokenize") { try await h.tokenize($0, context: $1) }
+    router.post("/detokenize") { try await h.detokenize($0, context: $1) }
     return router
 }
 

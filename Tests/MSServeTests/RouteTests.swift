@@ -101,7 +101,7 @@ struct RouteTests {
         }
     }
 
-    @Test func stopStringsAndEOS() async throws {
+    @Test func stopStringsCutTheText() async throws {
         let engine = try fixtureEngine()
         let free = try referenceText(engine.generator, "The", options(seed: 7, maxTokens: 60))
         // A stop string taken from the middle of the free text cuts it there.
