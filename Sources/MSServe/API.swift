@@ -88,6 +88,48 @@ struct CommonOptions: Decodable {
     var presencePenalty: Float?
     /// llama.cpp's extension: keep generating past the end-of-text token.
     var ignoreEos: Bool?
+
+    enum CodingKeys: String, CodingKey {
+        case model, maxTokens, maxCompletionTokens, temperature, topP, topK, minP, repeatPenalty, seed, stop, stream, n
+        case frequencyPenalty, presencePenalty, ignoreEos
+    }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        model = try c.decodeIfPresent(String.self, forKey: .model)
+        maxTokens = try c.integer(.maxTokens)
+        maxCompletionTokens = try c.integer(.maxCompletionTokens)
+        temperature = try c.decodeIfPresent(Float.self, forKey: .temperature)
+        topP = try c.decodeIfPresent(Float.self, forKey: .topP)
+        topK = try c.integer(.topK)
+        minP = try c.decodeIfPresent(Float.self, forKey: .minP)
+        repeatPenalty = try c.decodeIfPresent(Float.self, forKey: .repeatPenalty)
+        if let s = try c.integer(.seed) {
+            guard s >= 0 else { throw APIError.badRequest("'seed' must be ≥ 0", param: "seed") }
+            seed = UInt64(s)
+        }
+        stop = try c.decodeIfPresent(StringOrList.self, forKey: .stop)
+        stream = try c.decodeIfPresent(Bool.self, forKey: .stream)
+        n = try c.integer(.n)
+        frequencyPenalty = try c.decodeIfPresent(Float.self, forKey: .frequencyPenalty)
+        presencePenalty = try c.decodeIfPresent(Float.self, forKey: .presencePenalty)
+        ignoreEos = try c.decodeIfPresent(Bool.self, forKey: .ignoreEos)
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// An integer field, read as a JSON number so that a negative, fractional or huge
+    /// value gets a message naming the field (Foundation reports those as invalid JSON).
+    func integer(_ key: Key) throws -> Int? {
+        guard contains(key), try !decodeNil(forKey: key) else { return nil }
+        let x = try decode(Double.self, forKey: key)
+        // Exactly representable integers only (|x| ≤ 2^53).
+        guard x == x.rounded(), abs(x) <= 9_007_199_254_740_992 else {
+            let name = Wire.snake(key.stringValue)
+            throw APIError.badRequest("'\(name)' must be an integer", param: name)
+        }
+        return Int(x)
+    }
 }
 
 struct CompletionRequest: Decodable {
@@ -107,7 +149,7 @@ struct CompletionRequest: Decodable {
             throw APIError.badRequest("'prompt' must be a string (or a list of exactly one); batches of prompts are not supported", param: "prompt")
         }
         prompt = list[0]
-        logprobs = try c.decodeIfPresent(Int.self, forKey: .logprobs)
+        logprobs = try c.integer(.logprobs)
         echo = try c.decodeIfPresent(Bool.self, forKey: .echo)
     }
 }
@@ -150,7 +192,7 @@ struct ChatRequest: Decodable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         messages = try c.decode([ChatMessage].self, forKey: .messages)
         logprobs = try c.decodeIfPresent(Bool.self, forKey: .logprobs)
-        topLogprobs = try c.decodeIfPresent(Int.self, forKey: .topLogprobs)
+        topLogprobs = try c.integer(.topLogprobs)
     }
 
     /// The prompt the model sees, DESIGN §9's plain template: each message "role: content"
@@ -332,6 +374,11 @@ enum Wire {
         let e = JSONEncoder()
         e.outputFormatting = [.withoutEscapingSlashes]
         return e
+    }
+
+    /// The wire name of a Swift property name ("maxTokens" → "max_tokens").
+    static func snake(_ s: String) -> String {
+        s.reduce(into: "") { out, ch in if ch.isUppercase { out += "_" + ch.lowercased() } else { out.append(ch) } }
     }
 
     /// OpenAI's finish_reason for a stop reason (both "the model ended" and "a stop string

@@ -231,19 +231,23 @@ struct Handlers: Sendable {
 
     /// One line for what was wrong with a JSON body, naming the field.
     static func describe(_ e: DecodingError) -> APIError {
+        // The message names the whole path ("messages[1].content"), param the request's field.
+        func field(_ c: DecodingError.Context, _ last: CodingKey? = nil) -> String? {
+            (c.codingPath + (last.map { [$0] } ?? [])).first.map { Wire.snake($0.stringValue) }
+        }
         func path(_ c: DecodingError.Context, _ last: CodingKey? = nil) -> String {
             let keys = c.codingPath + (last.map { [$0] } ?? [])
-            return keys.map { $0.intValue.map { "[\($0)]" } ?? snake($0.stringValue) }.joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
+            return keys.map { $0.intValue.map { "[\($0)]" } ?? Wire.snake($0.stringValue) }.joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
         }
         switch e {
         case .keyNotFound(let key, let c):
-            return .badRequest("missing '\(path(c, key))'", param: path(c, key))
+            return .badRequest("missing '\(path(c, key))'", param: field(c, key))
         case .typeMismatch(let type, let c), .valueNotFound(let type, let c):
-            return .badRequest("'\(path(c))' must be \(describe(type))", param: path(c))
+            return .badRequest("'\(path(c))' must be \(describe(type))", param: field(c))
         case .dataCorrupted(let c) where c.codingPath.isEmpty:
             return .badRequest("the body is not valid JSON (UTF-8)")
         case .dataCorrupted(let c):
-            return .badRequest("'\(path(c))' has a bad value: \(c.debugDescription)", param: path(c))
+            return .badRequest("'\(path(c))' has a bad value: \(c.debugDescription)", param: field(c))
         @unknown default:
             return .badRequest("the body has the wrong shape")
         }
@@ -258,11 +262,6 @@ struct Handlers: Sendable {
         case is StringOrList.Type: return "a string or a list of strings"
         default: return "of another type (\(type))"
         }
-    }
-
-    /// The wire name of a Swift property name ("maxTokens" → "max_tokens").
-    private static func snake(_ s: String) -> String {
-        s.reduce(into: "") { out, ch in if ch.isUppercase { out += "_" + ch.lowercased() } else { out.append(ch) } }
     }
 
     private func json(_ data: Data) -> Response {
