@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "CVector"),
         .target(name: "MSKernels", dependencies: ["CBLAS", "CVector"]),
         .target(name: "MSTokenizer", dependencies: ["MSFormat"]),
-        .target(name: "MSModels", dependencies: ["MSFormat", "MSKernels"]),
+        .target(name: "MSModels", dependencies: ["MSFormat", "MSKernels"], exclude: ["README.md"]),
         .target(name: "MSGen", dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer"]),
         // msgen serve: an OpenAI-compatible HTTP server over one copy of the weights.
         .target(
@@ -54,13 +54,15 @@ let package = Package(
         .testTarget(name: "MSGenTests", dependencies: ["MSGen", "MSModels", "MSFormat", "MSTokenizer", "msgen", "MSGenTestSupport"]),
         .testTarget(
             name: "MSFormatTests",
-            dependencies: ["MSFormat", "MSKernels", "msgen", "MSGenTestSupport"]
+            dependencies: ["MSFormat", "MSKernels", "MSModels", "msgen", "MSGenTestSupport"]
         ),
         .testTarget(name: "MSTokenizerTests", dependencies: ["MSTokenizer", "MSGen"]),
         .testTarget(
             name: "MSServeTests",
             dependencies: ["MSServe", "MSGen", "MSModels", "MSFormat", "MSTokenizer", .product(name: "HummingbirdTesting", package: "hummingbird")]
         ),
+        // A toy architecture registered from outside MSModels, converted and scored.
+        .testTarget(name: "ArchitectureTests", dependencies: ["MSModels", "MSFormat", "MSGen", "MSTokenizer", "msgen"]),
     ],
     // Swift 5 mode: the kernels share raw buffers across threads by design (disjoint
     // ranges per worker), which Swift 6's checker cannot see.

@@ -158,6 +158,10 @@ public final class MSZFile: @unchecked Sendable {
 
     private func loadOne(_ t: MSZTensorInfo) throws -> Tensor {
         let frame = file.slice(dataStart + t.offset, t.storedBytes)!
+        // The shape's size must be what the frame declares before it is allocated: a header
+        // may claim terabytes for a frame of a few bytes.
+        let declared = Zstd.contentSize(frame)
+        try check(declared == t.rawBytes, "tensor \(t.name) in \((path as NSString).lastPathComponent) is corrupt: its frame declares \(declared.map(String.init) ?? "no") bytes, its shape needs \(t.rawBytes)")
         let storage = TensorStorage(byteCount: t.rawBytes)
         try Zstd.decompress(frame, into: storage.bytes, what: "tensor \(t.name) in \((path as NSString).lastPathComponent)")
         if t.planes, let s = t.dtype.elementSize { BytePlanes.unshuffle(storage.bytes, elementSize: s) }

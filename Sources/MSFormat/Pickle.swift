@@ -42,16 +42,29 @@ struct Unpickler {
         case none, bool(Bool), int(Int), float(Double), string(String), bytes([UInt8])
         case tuple([PickleValue]), list(List), dict(Dict)
         case global(Global), storage(StorageRef), tensor(TensorRef)
-        case mark
     }
+
+    /// Bounds that no state dict comes near but a hostile pickle would pass: how many
+    /// MARKs may be open at once, and how many values the memo and the stack may hold.
+    /// Values are shared by reference (dicts and lists are classes, tuples copy on write),
+    /// so memory stays proportional to the pickle's size; these make the error clear.
+    static let maxMarkDepth = 1_000
+    static let maxValues = 10_000_000
+    private let valueLimit: Int
 
     private let data: [UInt8]
     private var pos = 0
     private var stack: [PickleValue] = []
+    /// Where each open MARK starts in `stack` (as Python's own unpickler keeps them), so
+    /// that closing one costs nothing however deep the stack is.
+    private var marks: [Int] = []
     private var memo: [Int: PickleValue] = [:]
     private let what: String
 
-    init(_ data: [UInt8], what: String) { self.data = data; self.what = what }
+    /// `maxValues` is lowered only by tests, to reach the limit without a 10 MB pickle.
+    init(_ data: [UInt8], what: String, maxValues: Int = Unpickler.maxValues) {
+        self.data = data; self.what = what; valueLimit = maxValues
+    }
 
     private func fail(_ why: String) -> MSGenError { MSGenError("\(what): \(why)") }
 
@@ -75,17 +88,30 @@ struct Unpickler {
         guard let s = String(validating: try bytes(n), as: UTF8.self) else { throw fail("the pickle holds a string that is not UTF-8") }
         return s
     }
+    /// Values below the innermost open MARK belong to an enclosing frame, as in Python.
     private mutating func pop() throws -> PickleValue {
-        guard let v = stack.popLast() else { throw fail("the pickle is malformed (stack underflow)") }
+        guard stack.count > (marks.last ?? 0), let v = stack.popLast() else { throw fail("the pickle is malformed (stack underflow)") }
         return v
     }
+    private mutating func push(_ v: PickleValue) throws {
+        guard stack.count < valueLimit else { throw fail("the pickle holds more than \(valueLimit) values on its stack; it is not a state dict") }
+        stack.append(v)
+    }
+    private mutating func pushMark() throws {
+        guard marks.count < Self.maxMarkDepth else { throw fail("the pickle nests deeper than \(Self.maxMarkDepth) levels; it is not a state dict") }
+        marks.append(stack.count)
+    }
     private mutating func popMark() throws -> [PickleValue] {
-        guard let m = stack.lastIndex(where: { if case .mark = $0 { true } else { false } }) else {
-            throw fail("the pickle is malformed (no mark)")
-        }
-        let items = Array(stack[(m + 1)...])
+        guard let m = marks.popLast(), m <= stack.count else { throw fail("the pickle is malformed (no mark)") }
+        let items = Array(stack[m...])
         stack.removeSubrange(m...)
         return items
+    }
+    private mutating func remember(_ key: Int) throws {
+        guard memo.count < valueLimit || memo[key] != nil else {
+            throw fail("the pickle memoizes more than \(valueLimit) values; it is not a state dict")
+        }
+        memo[key] = try top()
     }
 
     mutating func load() throws -> PickleValue {
@@ -95,16 +121,16 @@ struct Unpickler {
             case 0x80: _ = try byte()                                  // PROTO
             case 0x95: _ = try bytes(8)                                // FRAME
             case 0x2E: return try pop()                                // STOP
-            case 0x28: stack.append(.mark)                             // MARK
-            case 0x7D: stack.append(.dict(Dict()))                     // EMPTY_DICT
-            case 0x5D: stack.append(.list(List()))                     // EMPTY_LIST
-            case 0x29: stack.append(.tuple([]))                        // EMPTY_TUPLE
-            case 0x4E: stack.append(.none)                             // NONE
-            case 0x88: stack.append(.bool(true))                       // NEWTRUE
-            case 0x89: stack.append(.bool(false))                      // NEWFALSE
-            case 0x4B: stack.append(.int(try uint(1)))                 // BININT1
-            case 0x4D: stack.append(.int(try uint(2)))                 // BININT2
-            case 0x4A: stack.append(.int(Int(Int32(truncatingIfNeeded: try uint(4)))))  // BININT
+            case 0x28: try pushMark()                                  // MARK
+            case 0x7D: try push(.dict(Dict()))                         // EMPTY_DICT
+            case 0x5D: try push(.list(List()))                         // EMPTY_LIST
+            case 0x29: try push(.tuple([]))                            // EMPTY_TUPLE
+            case 0x4E: try push(.none)                                 // NONE
+            case 0x88: try push(.bool(true))                           // NEWTRUE
+            case 0x89: try push(.bool(false))                          // NEWFALSE
+            case 0x4B: try push(.int(try uint(1)))                     // BININT1
+            case 0x4D: try push(.int(try uint(2)))                     // BININT2
+            case 0x4A: try push(.int(Int(Int32(truncatingIfNeeded: try uint(4))))) // BININT
             case 0x8A:                                                 // LONG1
                 let n = Int(try byte())
                 guard n <= 8 else { throw fail("the pickle holds an integer too large for msgen") }
@@ -112,43 +138,43 @@ struct Unpickler {
                 var v: Int64 = 0
                 for (i, b) in raw.enumerated() { v |= Int64(b) << (8 * Int64(i)) }
                 if n > 0 && n < 8 && raw.last! & 0x80 != 0 { v -= Int64(1) << (8 * Int64(n)) }
-                stack.append(.int(Int(v)))
+                try push(.int(Int(v)))
             case 0x47:                                                 // BINFLOAT (big-endian)
                 var v: UInt64 = 0
                 for b in try bytes(8) { v = v << 8 | UInt64(b) }
-                stack.append(.float(Double(bitPattern: v)))
-            case 0x58: stack.append(.string(try text(try uint(4))))   // BINUNICODE
-            case 0x8C: stack.append(.string(try text(try uint(1))))   // SHORT_BINUNICODE
-            case 0x8D: stack.append(.string(try text(try uint(8))))   // BINUNICODE8
-            case 0x43: stack.append(.bytes(Array(try bytes(try uint(1)))))  // SHORT_BINBYTES
-            case 0x42: stack.append(.bytes(Array(try bytes(try uint(4)))))  // BINBYTES
-            case 0x71: memo[try uint(1)] = try top()                   // BINPUT
-            case 0x72: memo[try uint(4)] = try top()                   // LONG_BINPUT
-            case 0x94: memo[memo.count] = try top()                    // MEMOIZE
+                try push(.float(Double(bitPattern: v)))
+            case 0x58: try push(.string(try text(try uint(4))))           // BINUNICODE
+            case 0x8C: try push(.string(try text(try uint(1))))           // SHORT_BINUNICODE
+            case 0x8D: try push(.string(try text(try uint(8))))           // BINUNICODE8
+            case 0x43: try push(.bytes(Array(try bytes(try uint(1)))))    // SHORT_BINBYTES
+            case 0x42: try push(.bytes(Array(try bytes(try uint(4)))))    // BINBYTES
+            case 0x71: try remember(try uint(1))                       // BINPUT
+            case 0x72: try remember(try uint(4))                       // LONG_BINPUT
+            case 0x94: try remember(memo.count)                        // MEMOIZE
             case 0x68, 0x6A:                                           // BINGET, LONG_BINGET
                 let k = try uint(op == 0x68 ? 1 : 4)
                 guard let v = memo[k] else { throw fail("the pickle is malformed (unknown memo \(k))") }
-                stack.append(v)
-            case 0x74: stack.append(.tuple(try popMark()))             // TUPLE
-            case 0x85: stack.append(.tuple([try pop()]))               // TUPLE1
-            case 0x86: let b = try pop(); let a = try pop(); stack.append(.tuple([a, b]))  // TUPLE2
-            case 0x87: let c = try pop(); let b = try pop(); let a = try pop(); stack.append(.tuple([a, b, c]))
+                try push(v)
+            case 0x74: try push(.tuple(try popMark()))                 // TUPLE
+            case 0x85: try push(.tuple([try pop()]))                   // TUPLE1
+            case 0x86: let b = try pop(); let a = try pop(); try push(.tuple([a, b]))  // TUPLE2
+            case 0x87: let c = try pop(); let b = try pop(); let a = try pop(); try push(.tuple([a, b, c]))
             case 0x63:                                                 // GLOBAL "module\nname\n"
                 let module = try line(), name = try line()
-                stack.append(.global(try resolve(module, name)))
+                try push(.global(try resolve(module, name)))
             case 0x93:                                                 // STACK_GLOBAL
                 guard case .string(let name) = try pop(), case .string(let module) = try pop() else {
                     throw fail("the pickle is malformed (STACK_GLOBAL)")
                 }
-                stack.append(.global(try resolve(module, name)))
+                try push(.global(try resolve(module, name)))
             case 0x51:                                                 // BINPERSID
-                stack.append(try persistentLoad(try pop()))
+                try push(try persistentLoad(try pop()))
             case 0x52:                                                 // REDUCE
                 let args = try pop()
                 guard case .global(let g) = try pop(), case .tuple(let a) = args else {
                     throw fail("the pickle calls something that is not an allowed function")
                 }
-                stack.append(try call(g, a))
+                try push(try call(g, a))
             case 0x62:                                                 // BUILD
                 _ = try pop()  // state: only OrderedDict's _metadata, which carries nothing we need
                 guard case .dict = try top() else { throw fail("the pickle sets state on an object msgen does not rebuild") }
@@ -175,7 +201,7 @@ struct Unpickler {
     }
 
     private func top() throws -> PickleValue {
-        guard let v = stack.last else { throw fail("the pickle is malformed (stack underflow)") }
+        guard stack.count > (marks.last ?? 0), let v = stack.last else { throw fail("the pickle is malformed (stack underflow)") }
         return v
     }
     private func dictOnTop() throws -> Dict {

@@ -109,6 +109,26 @@ public struct Tensor: Sendable {
         return Tensor(dtype: target, shape: shape, storage: out)
     }
 
+    /// How many elements are NaN or ±Inf, and the index of the first. Read from the bits,
+    /// without converting (for q8, a non-finite block scale counts for its 32 values).
+    public func nonFinite() -> (count: Int, first: Int)? {
+        let raw = UnsafeRawPointer(storage.bytes.baseAddress!)
+        var count = 0, first = -1
+        func scan(_ n: Int, _ isBad: (Int) -> Bool) {
+            for i in 0..<n where isBad(i) { count += 1; if first < 0 { first = i } }
+        }
+        switch dtype {
+        case .f32: scan(self.count) { (raw.load(fromByteOffset: 4 * $0, as: UInt32.self) & 0x7F80_0000) == 0x7F80_0000 }
+        case .f16: scan(self.count) { (raw.load(fromByteOffset: 2 * $0, as: UInt16.self) & 0x7C00) == 0x7C00 }
+        case .bf16: scan(self.count) { (raw.load(fromByteOffset: 2 * $0, as: UInt16.self) & 0x7F80) == 0x7F80 }
+        case .q8:
+            scan(self.count / DType.q8Block) { (raw.loadUnaligned(fromByteOffset: $0 * DType.q8BlockBytes, as: UInt16.self) & 0x7C00) == 0x7C00 }
+            count *= DType.q8Block; first *= DType.q8Block
+        case .i32, .i64: return nil
+        }
+        return count == 0 ? nil : (count, first)
+    }
+
     /// Whether q8 can hold this tensor: a matrix whose rows are whole blocks.
     public var canQuantize: Bool { shape.count >= 2 && (shape.last ?? 0) % DType.q8Block == 0 }
 }

@@ -22,6 +22,10 @@ public struct Scorer {
 
     public struct Window: Equatable, Sendable { public let start, end, first: Int }
 
+    /// Tokens per batched pass of `--stream` (at most the model's context): large enough
+    /// for matrix–matrix speed, small enough that a chunk's logits stay a few MB.
+    public static let streamChunk = 512
+
     /// The windows over `n` tokens: scored positions are [first, end), given [start, first).
     public static func windows(tokens n: Int, context c: Int, stride s: Int) -> [Window] {
         var out: [Window] = [], start = 0, next = 1
@@ -65,28 +69,30 @@ public struct Scorer {
     }
 
     /// Scores `ids`. With `stream`, the whole text goes once through the bounded cache
-    /// instead (prefill up to the context, then token by token). `base` adds the KL
+    /// instead, in batched chunks. `base` adds the KL
     /// divergence of this model's distributions from base's on every scored token.
     /// `threads` windows are scored at a time, one per thread; each window's matrix
     /// products use `Kernels.threads` threads, so for one window per core set that to 1
     /// first (as `msgen perplexity` does). Scoring never changes it: it is process-wide,
     /// and changing it while other threads are in OpenBLAS alters their results.
+    /// `isCancelled` is asked before each window (each token with `stream`); once it says
+    /// yes, scoring throws `CancellationError` when the windows under way are done.
     public func score(_ ids: [Int], context c: Int, stride s: Int, stream: Bool = false, base: LanguageModel? = nil,
-                      threads: Int = 1, progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
+                      threads: Int = 1, isCancelled: () -> Bool = { false },
+                      progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
         let started = Date()
         var result = Result()
         if stream {
-            let n = min(ids.count, model.config.context)
-            try check(ids.count <= n || model.canDecodePastContext,
-                      "--stream: this \(model.config.architecture.rawValue) cannot go past its context of \(model.config.context) tokens; score in windows instead")
-            let caches = [model.makeCache()] + (base.map { [$0.makeCache()] } ?? [])
-            let first = try model.prefill(Array(ids[0..<n]), cache: caches[0], logitsFor: 0..<(n - 1))
-            let firstBase = try base?.prefill(Array(ids[0..<n]), cache: caches[1], logitsFor: 0..<(n - 1))
-            add(first, firstBase, ids: ids, positions: 1..<n, to: &result)
-            progress(result.count, ids.count - 1)
-            for pos in max(n, 1)..<ids.count {
-                let l = model.step(ids[pos - 1], cache: caches[0])
-                add(l, base?.step(ids[pos - 1], cache: caches[1]), ids: ids, positions: pos..<(pos + 1), to: &result)
+            // One pass through the bounded cache, a batched chunk at a time: row i of a
+            // chunk predicts token i + 1.
+            try check(ids.count <= model.config.context || model.canDecodePastContext,
+                      "--stream: this \(model.config.architecture) cannot go past its context of \(model.config.context) tokens; score in windows instead")
+            let chunk = max(1, min(model.config.context, Scorer.streamChunk))
+            let cache = model.makeCache(), baseCache = base?.makeCache()
+            try model.prefill(chunked: ids, cache: cache, chunk: chunk) { logits, rows in
+                if isCancelled() { throw CancellationError() }
+                let baseLogits = try base.map { try $0.prefill(Array(ids[rows]), cache: baseCache!, logitsFor: 0..<rows.count) }
+                add(logits, baseLogits, ids: ids, positions: (rows.lowerBound + 1)..<min(rows.upperBound + 1, ids.count), to: &result)
                 progress(result.count, ids.count - 1)
             }
         } else {
@@ -100,6 +106,7 @@ public struct Scorer {
             parts.withUnsafeMutableBufferPointer { out in
                 DispatchQueue.concurrentPerform(iterations: workers) { w in
                     for i in stride(from: w, to: windows.count, by: workers) {
+                        guard !isCancelled() else { out[i] = .failure(CancellationError()); continue }
                         out[i] = Swift.Result { try scoreWindow(windows[i], ids: ids, base: base) }
                         lock.withLock {
                             scored += (try? out[i].get().count) ?? 0

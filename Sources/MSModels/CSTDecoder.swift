@@ -1,201 +1,295 @@
 import MSFormat
 import MSKernels
 
-/// The causal Composite Slice Transformer of DESIGN.md §1.
+/// config.json of a cst-decoder: the common keys, the layer count, and the slicing.
+public struct CSTConfig: Sendable, Equatable {
+    public var common: CommonConfig
+    public var nLayers: Int
+    /// L, α, G: slices of L tokens, each extended E = (α−1)·L/2 tokens to the left; G
+    /// slices make the context.
+    public var sliceLength: Int
+    public var extensionRatio: Int
+    public var maxSlices: Int
+    /// Whether the global attention reuses the local Wq, Wk, Wv (the paper's default).
+    public var sharedLocalGlobal: Bool
+
+    public var leftExtension: Int { (extensionRatio - 1) * sliceLength / 2 }
+
+    public init(_ r: ConfigReader) throws {
+        common = try CommonConfig(r, architecture: "cst-decoder")
+        nLayers = try r.int("n_layers")
+        sliceLength = try r.int("slice_length")
+        extensionRatio = try r.int("extension_ratio")
+        maxSlices = try r.int("max_slices")
+        sharedLocalGlobal = try r.bool("shared_local_global", default: true)
+        try check((1...3).contains(extensionRatio), "config 'extension_ratio' must be 1, 2 or 3, not \(extensionRatio)")
+        try check((extensionRatio - 1) * sliceLength % 2 == 0,
+                  "config: the left extension (α−1)·L/2 = (\(extensionRatio)−1)·\(sliceLength)/2 is not an integer")
+        common.context = maxSlices * sliceLength
+    }
+}
+
+/// The causal Composite Slice Transformer (README.md beside this file, "CST decoder").
 ///
 /// Each layer: local attention inside the token's slice, left-extended by E tokens;
 /// global attention of the slice over the summaries (mean local outputs) of the slices
 /// before it; their sum through Wo; then the MLP. Positions enter only through the
 /// query and key projections (MS-VIPE), and since projections are linear their positional
-/// parts P·Wᵀ are computed once here, at load.
+/// parts P·Wᵀ are computed once, at load.
 public final class CSTDecoder: LanguageModel, @unchecked Sendable {
-    public let config: ModelConfig
+    public static let architecture = Architecture(
+        languageModel: "cst-decoder",
+        describe: {
+            let c = try CSTConfig($0)
+            return "context \(c.common.context) tokens = \(c.maxSlices) slices × \(c.sliceLength); left extension \(c.leftExtension)"
+        },
+        build: { try CSTDecoder(CSTConfig($0), $1) })
+
+    public let configuration: CSTConfig
+    public var config: CommonConfig { configuration.common }
     public var canDecodePastContext: Bool { true }
-    let D, H, dh, L, E, G, V: Int
+    let D, H, dh, L, E, G: Int
+    /// The longest local window, E + L: also the length of the key/value ring.
+    var W: Int { E + L }
     let scale: Float
-    let io: EmbeddingAndHead
+    let embedding: Embedding
     let layers: [Layer]
+    let output: OutputHead
 
     struct Layer {
-        let norm1w, norm1b: Floats
-        let wqkv, bqkv: Floats      // Wq, Wk, Wv stacked: one [3D, D] projection
-        let wgqkv, bgqkv: Floats    // the global ones (the same storage when shared)
-        let wo, bo: Floats
+        let norm1: (weight: Floats, bias: Floats)
+        let qkv: Linear          // [Wq; Wk; Wv]: one [3D, D] product
+        let o: Linear
+        let globalQKV: Linear    // [Wgq; Wgk; Wgv], the same as qkv when shared
         let ffn: FeedForward
-        let plQ, plK: Floats        // P_l·Wqᵀ, P_l·Wkᵀ   [E+L, D]
-        let pgQ, pgK: Floats        // P_g·Wgqᵀ, P_g·Wgkᵀ [G, D]
+        let plQ, plK: Floats     // P_l·Wqᵀ, P_l·Wkᵀ   [E+L, D]
+        let pgQ, pgK: Floats     // P_g·Wgqᵀ, P_g·Wgkᵀ [G, D]
     }
 
-    public init(config c: ModelConfig, tensors: [String: Tensor]) throws {
-        try check(c.architecture == .cstDecoder, "not a cst-decoder config")
-        var shapes: [String: (dtype: DType, shape: [Int])] = [:]
-        for (k, t) in tensors { shapes[k] = (t.dtype, t.shape) }
-        try c.validate(shapes)
-        config = c
-        D = c.dModel; H = c.nHeads; dh = c.dHead; L = c.sliceLength; E = c.leftExtension; G = c.maxSlices; V = c.vocabSize
-        scale = 1 / Float(c.dHead).squareRoot()
-        let w = WeightSource(tensors: tensors)
-        io = try EmbeddingAndHead(w, config: c)
-        let pl = try w("pos_local.weight"), pg = try w("pos_global.weight")
+    /// Builds the model from its tensors, checking that none is missing or left over.
+    public convenience init(config c: CSTConfig, tensors: [String: Tensor]) throws {
+        let w = Weights(tensors, architecture: c.common.architecture)
+        try self.init(c, w)
+        try w.finish()
+    }
+
+    init(_ c: CSTConfig, _ w: Weights) throws {
+        configuration = c
+        D = c.common.dModel; H = c.common.nHeads; dh = c.common.dHead
+        L = c.sliceLength; E = c.leftExtension; G = c.maxSlices
+        scale = 1 / Float(dh).squareRoot()
         let (D, E, L, G) = (D, E, L, G)
-        layers = try (0..<c.nLayers).map { i in
+        embedding = Embedding(w, config: c.common)
+        let pl = w.tensor("pos_local.weight", [E + L, D]), pg = w.tensor("pos_global.weight", [G, D])
+        layers = (0..<c.nLayers).map { i in
             let p = "layers.\(i)."
-            let qkv = ["q", "k", "v"].map { p + "attn.\($0)_proj" }
-            let gqkv = c.sharedLocalGlobal ? qkv : ["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }
-            let wqkv = try w.stacked(qkv.map { $0 + ".weight" }), bqkv = try w.stacked(qkv.map { $0 + ".bias" })
-            let wg = c.sharedLocalGlobal ? wqkv : try w.stacked(gqkv.map { $0 + ".weight" })
-            let bg = c.sharedLocalGlobal ? bqkv : try w.stacked(gqkv.map { $0 + ".bias" })
+            let norm1 = w.norm(p + "norm1", D)
+            let qkv = w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+            let o = w.linear(p + "attn.o_proj", out: D, in: D)
+            let g = c.sharedLocalGlobal ? qkv : w.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
             // Positional parts of the projections, without bias: (u + P)·Wᵀ + b = u·Wᵀ + b + P·Wᵀ.
-            func project(_ table: Floats, rows: Int, _ weight: UnsafeMutablePointer<Float>) -> Floats {
-                let out = Floats(count: rows * D)
-                Kernels.linear(table.p, rows: rows, in: D, weight: weight, out: D, bias: nil, into: out.p)
-                return out
-            }
-            return Layer(
-                norm1w: try w(p + "norm1.weight"), norm1b: try w(p + "norm1.bias"),
-                wqkv: wqkv, bqkv: bqkv, wgqkv: wg, bgqkv: bg,
-                wo: try w(p + "attn.o_proj.weight"), bo: try w(p + "attn.o_proj.bias"),
-                ffn: try FeedForward(w, prefix: p, config: c),
-                plQ: project(pl, rows: E + L, wqkv.p), plK: project(pl, rows: E + L, wqkv.p + D * D),
-                pgQ: project(pg, rows: G, wg.p), pgK: project(pg, rows: G, wg.p + D * D))
+            return Layer(norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: FeedForward(w, prefix: p, config: c.common),
+                         plQ: qkv.rows(0..<D).withoutBias(pl.p, rows: E + L), plK: qkv.rows(D..<(2 * D)).withoutBias(pl.p, rows: E + L),
+                         pgQ: g.rows(0..<D).withoutBias(pg.p, rows: G), pgK: g.rows(D..<(2 * D)).withoutBias(pg.p, rows: G))
         }
+        output = OutputHead(w, config: c.common, embedding: embedding)
     }
 
     public func makeCache() -> DecoderCache { CSTCache(self) }
 
     // MARK: - Global attention over slice summaries
 
-    /// The global output for the slice that follows `count` summaries: its query is the
-    /// last summary, its keys all of them, each with the P_g row of its index. `rows` are
-    /// the summaries' projections [gq | gk | gv] (3D wide).
-    func globalAttention(_ l: Layer, rows: UnsafePointer<Float>, count c: Int, keys: UnsafeMutablePointer<Float>,
+    /// The global output g for the slice that follows a layer's kept summaries: its query
+    /// is the newest summary, its keys all of them, each with the P_g row of its place in
+    /// the list. `keys` holds (G+1)·D floats of scratch, `scores` G.
+    func globalAttention(_ l: Layer, _ s: CSTCache.LayerState, keys: UnsafeMutablePointer<Float>,
                          scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+        let c = s.count, rows = s.summaries.p
         guard c > 0 else { out.update(repeating: 0, count: D); return }
         let q = keys + c * D  // scratch past the keys
         Kernels.sum(rows + (c - 1) * 3 * D, l.pgQ.row(c - 1, D), into: q, count: D)
-        for s in 0..<c { Kernels.sum(rows + s * 3 * D + D, l.pgK.row(s, D), into: keys + s * D, count: D) }
+        for i in 0..<c { Kernels.sum(rows + i * 3 * D + D, l.pgK.row(i, D), into: keys + i * D, count: D) }
         for h in 0..<H {
             Kernels.attend(query: q + h * dh, keys: keys + h * dh, keyStride: D, values: rows + 2 * D + h * dh,
                            valueStride: 3 * D, count: c, headDim: dh, scale: scale, scores: scores, into: out + h * dh)
         }
     }
 
-    // MARK: - Batched forward (prefill and scoring)
+    // MARK: - Many tokens of one sequence (prefill, scoring, streaming)
 
-    /// Runs tokens 0..<T (T ≤ context) from an empty cache in one pass, matrix by matrix,
-    /// and leaves in `cache` the state that decoding them one by one would have left.
+    /// Runs T tokens after the cache's position p in one pass, matrix by matrix: local
+    /// attention slice by slice over keys from the chunk and, before p, from the cache's
+    /// ring; the summaries of the slices the chunk completes; global attention slice by
+    /// slice as the kept summaries grow. Leaves the state decoding one by one would.
     public func prefill(_ tokens: [Int], cache: DecoderCache, logitsFor: Range<Int>) throws -> [Float] {
-        let cache = cache as! CSTCache
-        let T = tokens.count
-        try check(cache.position == 0, "prefill needs an empty cache")
-        try check(T <= config.context, "the prompt has \(T) tokens; this model's context is \(config.context)")
-        try check(tokens.allSatisfy { $0 >= 0 && $0 < V }, "token id out of range for a vocabulary of \(V)")
+        let c = own(cache, as: CSTCache.self)
+        try checkPrefill(tokens, at: c.position)
+        let T = tokens.count, p0 = c.position, (D, L, E, W) = (D, L, E, W)
         guard T > 0 else { return [] }
-        let S = T / L                         // complete slices
-        let slices = (T + L - 1) / L          // slices with tokens
-        let W = E + L                         // the longest local window
-
+        let first = p0 / L, last = (p0 + T - 1) / L       // the slices this chunk touches
+        let completed = (p0 + T) / L - first              // of which the chunk completes
         // Activations, each written in full before it is read: not zeroed first.
         let h = Floats(count: T * D, zeroed: false), u = Floats(count: T * D, zeroed: false)
         let qkv = Floats(count: T * 3 * D, zeroed: false), a = Floats(count: T * D, zeroed: false)
-        let g = Floats(count: slices * D), f = Floats(count: T * config.dFF, zeroed: false)
-        let m = Floats(count: max(S, 1) * D), gqkv = Floats(count: max(S, 1) * 3 * D)
-        let keys = Floats(count: (max(W, G) + 1) * D), scores = Floats(count: max(W, G))
-        io.embed(tokens, into: h.p)
+        let f = Floats(count: T * config.dFF, zeroed: false), g = Floats(count: (last - first + 1) * D, zeroed: false)
+        let m = Floats(count: max(completed, 1) * D), acc = Floats(count: D)
+        let keys = Floats(count: (G + 1) * D), scores = Floats(count: G)
+        embedding(tokens, into: h.p)
 
         for (li, l) in layers.enumerated() {
-            Kernels.layerNorm(h.p, rows: T, dim: D, weight: l.norm1w.p, bias: l.norm1b.p, eps: config.normEps, into: u.p)
-            Kernels.linear(u.p, rows: T, in: D, weight: l.wqkv.p, out: 3 * D, bias: l.bqkv.p, into: qkv.p)
+            let s = c.layers[li]
+            Kernels.layerNorm(h.p, rows: T, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
+            l.qkv.apply(u.p, rows: T, into: qkv.p)
 
-            // Local attention, slice by slice (slices split over the threads): the window's
-            // keys and the slice's queries with their P_l rows, then per head the causal
-            // attention of the slice's queries (window positions E… of the slice's first
-            // token) over the window, as two small matrix products.
-            Kernels.parallelFor(slices, minimum: 4) { range in
-                let keys = Floats(count: W * D), q = Floats(count: L * D), scratch = Floats(count: L * W)
-                for t in range {
-                    let start = max(0, t * L - E), end = min(T, t * L + L)
-                    for j in start..<end { Kernels.sum(qkv.row(j, 3 * D) + D, l.plK.row(E + j - t * L, D), into: keys.row(j - start, D), count: D) }
-                    for i in (t * L)..<end { Kernels.sum(qkv.row(i, 3 * D), l.plQ.row(E + i - t * L, D), into: q.row(i - t * L, D), count: D) }
+            // Local attention, slice by slice (split over the threads): the window's keys
+            // with their P_l rows, the slice's queries with theirs, then per head the causal
+            // attention of the queries over the window as two small matrix products. Keys
+            // before p come from the ring; values are used in place when all are new.
+            Kernels.parallelFor(last - first + 1, minimum: 4) { range in
+                let wk = Floats(count: W * D), wv = Floats(count: W * D), q = Floats(count: L * D), scratch = Floats(count: L * W)
+                for t in range.map({ $0 + first }) {
+                    let ws = max(0, t * L - E), qs = max(p0, t * L), we = min(p0 + T, t * L + L)
+                    let fromRing = ws < p0
+                    for j in ws..<we {
+                        let raw = j < p0 ? (k: s.k.row(j % W, D), v: s.v.row(j % W, D)) : (k: qkv.row(j - p0, 3 * D) + D, v: qkv.row(j - p0, 3 * D) + 2 * D)
+                        Kernels.sum(raw.k, l.plK.row(E + j - t * L, D), into: wk.row(j - ws, D), count: D)
+                        if fromRing { wv.row(j - ws, D).update(from: raw.v, count: D) }
+                    }
+                    for i in qs..<we { Kernels.sum(qkv.row(i - p0, 3 * D), l.plQ.row(E + i - t * L, D), into: q.row(i - qs, D), count: D) }
+                    let values = fromRing ? (wv.p, D) : (qkv.row(ws - p0, 3 * D) + 2 * D, 3 * D)
                     for hd in 0..<H {
-                        Kernels.causalAttention(queries: q.p + hd * dh, queryStride: D, keys: keys.p + hd * dh, keyStride: D,
-                                                values: qkv.row(start, 3 * D) + 2 * D + hd * dh, valueStride: 3 * D,
-                                                start: t * L - start, count: end - t * L, headDim: dh, scale: scale,
-                                                scratch: scratch.p, into: a.row(t * L, D) + hd * dh, outStride: D)
+                        Kernels.causalAttention(queries: q.p + hd * dh, queryStride: D, keys: wk.p + hd * dh, keyStride: D,
+                                                values: values.0 + hd * dh, valueStride: values.1, start: qs - ws, count: we - qs,
+                                                headDim: dh, scale: scale, scratch: scratch.p, into: a.row(qs - p0, D) + hd * dh, outStride: D)
                     }
                 }
             }
-            // Summaries of complete slices and their global projections.
-            for s in 0..<S { meanRows(a.row(s * L, D), into: m.row(s, D)) }
-            if S > 0 { Kernels.linear(m.p, rows: S, in: D, weight: l.wgqkv.p, out: 3 * D, bias: l.bgqkv.p, into: gqkv.p) }
-            for t in 0..<slices {
-                globalAttention(l, rows: gqkv.p, count: t, keys: keys.p, scores: scores.p, into: g.row(t, D))
+            // The ring keeps the raw keys and values of the last W tokens.
+            for j in max(p0, p0 + T - W)..<(p0 + T) {
+                s.k.row(j % W, D).update(from: qkv.row(j - p0, 3 * D) + D, count: D)
+                s.v.row(j % W, D).update(from: qkv.row(j - p0, 3 * D) + 2 * D, count: D)
             }
-            // The state token-by-token decoding would hold after these T tokens.
-            cache.store(layer: li, rawKV: qkv.p, a: a.p, summaries: gqkv.p, tokens: T, model: self)
+            // Slice sums: a complete slice gives its summary m = mean of its a; the sum of
+            // an incomplete one stays in the cache (the first slice's earlier tokens are
+            // already in it).
+            var done = 0
+            for t in first...last {
+                if t == first { acc.p.update(from: s.sliceSum.p, count: D) } else { acc.zero() }
+                for i in max(p0, t * L)..<min(p0 + T, t * L + L) { Kernels.add(a.row(i - p0, D), into: acc.p, count: D) }
+                if t * L + L <= p0 + T {
+                    for k in 0..<D { m.row(done, D)[k] = acc.p[k] / Float(L) }
+                    done += 1
+                    s.sliceSum.zero()
+                } else {
+                    s.sliceSum.p.update(from: acc.p, count: D)
+                }
+            }
+            // Global outputs slice by slice, each over the summaries kept before it.
+            let gqkv = l.globalQKV(m.p, rows: done)
+            var next = 0
+            for t in first...last {
+                if t == first { g.p.update(from: s.g.p, count: D) } else { globalAttention(l, s, keys: keys.p, scores: scores.p, into: g.row(t - first, D)) }
+                if t * L + L <= p0 + T { c.push(s, gqkv.row(next, 3 * D)); next += 1 }
+            }
+            // The global output of the slice the next token is in.
+            if (p0 + T) % L == 0 {
+                globalAttention(l, s, keys: keys.p, scores: scores.p, into: s.g.p)
+            } else {
+                s.g.p.update(from: g.row(last - first, D), count: D)
+            }
 
             // Compose: h += (a + g_slice)·Woᵀ + bo, then the MLP.
-            for i in 0..<T { Kernels.add(g.row(i / L, D), into: a.row(i, D), count: D) }
-            Kernels.linear(a.p, rows: T, in: D, weight: l.wo.p, out: D, bias: l.bo.p, into: h.p, accumulate: true)
+            for i in 0..<T { Kernels.add(g.row((p0 + i) / L - first, D), into: a.row(i, D), count: D) }
+            l.o.apply(a.p, rows: T, into: h.p, accumulate: true)
             l.ffn.apply(h.p, rows: T, u: u.p, f: f.p)
         }
-        cache.position = T
+        c.position += T
         let rows = logitsFor.clamped(to: 0..<T)
-        return io.logits(h.row(rows.lowerBound, D), rows: rows.count)
+        return output.logits(h.row(rows.lowerBound, D), rows: rows.count)
     }
 
-    func meanRows(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-        out.update(repeating: 0, count: D)
-        for r in 0..<L { Kernels.add(x + r * D, into: out, count: D) }
-        let inv = 1 / Float(L)
-        for i in 0..<D { out[i] *= inv }
-    }
+    // MARK: - One token of each of several sequences (decoding, serving)
 
-    // MARK: - One token
-
-    public func step(_ token: Int, cache: DecoderCache) -> [Float] {
-        let c = cache as! CSTCache
-        let p = c.position, r = p % L, W = E + L
-        let h = c.h.p, u = c.u.p, qkv = c.qkv.p, a = c.a.p
-        io.embed([token], into: h)
-        // The keys this token sees: the slice's first token minus E, clipped at token 0.
-        let first = max(0, p - r - E), n = p - first + 1
+    public func step(_ tokens: [Int], caches: [DecoderCache]) -> [Float] {
+        let B = tokens.count, (D, L) = (D, L)
+        precondition(caches.count == B, "step: \(B) tokens for \(caches.count) caches")
+        precondition(tokens.allSatisfy { $0 >= 0 && $0 < config.vocabSize }, "step: token id out of range")
+        let cs = caches.map { own($0, as: CSTCache.self) }
+        let h = Floats(count: B * D, zeroed: false), u = Floats(count: B * D, zeroed: false)
+        let qkv = Floats(count: B * 3 * D, zeroed: false), a = Floats(count: B * D, zeroed: false)
+        let f = Floats(count: B * config.dFF, zeroed: false)
+        let keys = Floats(count: (G + 1) * D), scores = Floats(count: G)
+        embedding(tokens, into: h.p)
         for (li, l) in layers.enumerated() {
-            let s = c.layers[li]
-            Kernels.layerNorm(h, rows: 1, dim: D, weight: l.norm1w.p, bias: l.norm1b.p, eps: config.normEps, into: u)
-            Kernels.linear(u, rows: 1, in: D, weight: l.wqkv.p, out: 3 * D, bias: l.bqkv.p, into: qkv)
-            s.k.row(p % W, D).update(from: qkv + D, count: D)
-            s.v.row(p % W, D).update(from: qkv + 2 * D, count: D)
-            Kernels.sum(qkv, l.plQ.row(E + r, D), into: c.q.p, count: D)
-            for j in first...p {
-                Kernels.sum(s.k.row(j % W, D), l.plK.row(E + j - (p - r), D), into: c.keys.row(j - first, D), count: D)
-                c.values.row(j - first, D).update(from: s.v.row(j % W, D), count: D)
+            Kernels.layerNorm(h.p, rows: B, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
+            l.qkv.apply(u.p, rows: B, into: qkv.p)
+            Kernels.parallelFor(B, minimum: 4) { range in
+                let wk = Floats(count: W * D, zeroed: false), wv = Floats(count: W * D, zeroed: false)
+                let q = Floats(count: D, zeroed: false), sc = Floats(count: W, zeroed: false)
+                for b in range {
+                    localAttention(l, cs[b].layers[li], position: cs[b].position, qkv: qkv.row(b, 3 * D),
+                                   keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
+                }
             }
-            for hd in 0..<H {
-                Kernels.attend(query: c.q.p + hd * dh, keys: c.keys.p + hd * dh, keyStride: D, values: c.values.p + hd * dh,
-                               valueStride: D, count: n, headDim: dh, scale: scale, scores: c.scores.p, into: a + hd * dh)
+            for b in 0..<B {
+                let s = cs[b].layers[li]
+                Kernels.add(a.row(b, D), into: s.sliceSum.p, count: D)
+                Kernels.add(s.g.p, into: a.row(b, D), count: D)
             }
-            Kernels.add(a, into: s.sliceSum.p, count: D)
-            Kernels.add(s.g.p, into: a, count: D)
-            Kernels.linear(a, rows: 1, in: D, weight: l.wo.p, out: D, bias: l.bo.p, into: h, accumulate: true)
-            l.ffn.apply(h, rows: 1, u: u, f: c.f.p)
-            if r == L - 1 { c.completeSlice(layer: li, model: self) }
+            l.o.apply(a.p, rows: B, into: h.p, accumulate: true)
+            l.ffn.apply(h.p, rows: B, u: u.p, f: f.p)
+
+            // Sequences whose token completes its slice: summary, its global projections
+            // (one product for all of them), and the global output of their next slice.
+            let ending = (0..<B).filter { cs[$0].position % L == L - 1 }
+            guard !ending.isEmpty else { continue }
+            let m = Floats(count: ending.count * D, zeroed: false)
+            for (k, b) in ending.enumerated() {
+                let s = cs[b].layers[li]
+                for i in 0..<D { m.row(k, D)[i] = s.sliceSum.p[i] / Float(L) }
+                s.sliceSum.zero()
+            }
+            let gqkv = l.globalQKV(m.p, rows: ending.count)
+            for (k, b) in ending.enumerated() {
+                let s = cs[b].layers[li]
+                cs[b].push(s, gqkv.row(k, 3 * D))
+                globalAttention(l, s, keys: keys.p, scores: scores.p, into: s.g.p)
+            }
         }
-        c.position += 1
-        return io.logits(h, rows: 1)
+        for c in cs { c.position += 1 }
+        return output.logits(h.p, rows: B)
+    }
+
+    /// Local attention of the token at `position` (its raw q, k, v in `qkv`), after
+    /// writing its key and value into the ring: over the tokens from its slice's start
+    /// less E (clipped at token 0) to itself, all of which the ring holds.
+    func localAttention(_ l: Layer, _ s: CSTCache.LayerState, position p: Int, qkv: UnsafePointer<Float>,
+                        keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, query: UnsafeMutablePointer<Float>,
+                        scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+        let r = p % L, first = max(0, p - r - E), n = p - first + 1
+        s.k.row(p % W, D).update(from: qkv + D, count: D)
+        s.v.row(p % W, D).update(from: qkv + 2 * D, count: D)
+        Kernels.sum(qkv, l.plQ.row(E + r, D), into: query, count: D)
+        for j in first...p {
+            Kernels.sum(s.k.row(j % W, D), l.plK.row(E + j - (p - r), D), into: keys + (j - first) * D, count: D)
+            (values + (j - first) * D).update(from: s.v.row(j % W, D), count: D)
+        }
+        for hd in 0..<H {
+            Kernels.attend(query: query + hd * dh, keys: keys + hd * dh, keyStride: D, values: values + hd * dh,
+                           valueStride: D, count: n, headDim: dh, scale: scale, scores: scores, into: out + hd * dh)
+        }
     }
 }
 
-/// The bounded per-sequence state of DESIGN §1: per layer, the raw keys and values of the
-/// last E+L tokens (a ring), the running sum of the current slice's local outputs, the
-/// [gq | gk | gv] projections of the last G−1 slice summaries, and the current slice's
-/// global output. Its size does not depend on how many tokens have gone through.
+/// The bounded per-sequence state of a CST (README.md, "CST decoder: the cache"): per
+/// layer, the raw keys and values of the last E+L tokens (a ring), the running sum of the
+/// current slice's local outputs, the [gq | gk | gv] projections of the last G−1 slice
+/// summaries, and the current slice's global output. Its size does not depend on how many
+/// tokens have gone through. It holds state only; the model does the math.
 final class CSTCache: DecoderCache {
     var position = 0
     let layers: [LayerState]
     let D: Int, W: Int, capacity: Int
-    // Scratch for one step.
-    let h, u, qkv, a, q, f, keys, values, scores: Floats
 
     final class LayerState {
         let k, v: Floats            // ring of raw keys/values, row p mod (E+L)
@@ -210,11 +304,8 @@ final class CSTCache: DecoderCache {
     }
 
     init(_ m: CSTDecoder) {
-        D = m.D; W = m.E + m.L; capacity = m.G - 1
-        layers = (0..<m.config.nLayers).map { _ in LayerState(D: m.D, W: m.E + m.L, capacity: m.G - 1) }
-        h = Floats(count: D); u = Floats(count: D); qkv = Floats(count: 3 * D); a = Floats(count: D); q = Floats(count: D)
-        f = Floats(count: m.config.dFF); keys = Floats(count: (max(W, m.G) + 1) * D); values = Floats(count: W * D)
-        scores = Floats(count: max(W, m.G))
+        D = m.D; W = m.W; capacity = m.G - 1
+        layers = (0..<m.configuration.nLayers).map { _ in LayerState(D: m.D, W: m.W, capacity: m.G - 1) }
     }
 
     var byteCount: Int {
@@ -234,36 +325,18 @@ final class CSTCache: DecoderCache {
         s.count += 1
     }
 
-    /// The current slice is complete in this layer: finalise its summary m, project it,
-    /// and compute the global output that every token of the next slice adds.
-    func completeSlice(layer li: Int, model m: CSTDecoder) {
-        let s = layers[li], l = m.layers[li]
-        m.meanRowsOfSum(s.sliceSum.p, into: a.p)
-        s.sliceSum.zero()
-        Kernels.linear(a.p, rows: 1, in: D, weight: l.wgqkv.p, out: 3 * D, bias: l.bgqkv.p, into: qkv.p)
-        push(s, qkv.p)
-        m.globalAttention(l, rows: s.summaries.p, count: s.count, keys: keys.p, scores: scores.p, into: s.g.p)
-    }
-
-    /// Sets one layer's state from a batched pass over T tokens from position 0.
-    func store(layer li: Int, rawKV: UnsafePointer<Float>, a: UnsafePointer<Float>, summaries: UnsafePointer<Float>,
-               tokens T: Int, model m: CSTDecoder) {
-        let s = layers[li], L = m.L
-        for j in max(0, T - W)..<T {
-            s.k.row(j % W, D).update(from: rawKV + j * 3 * D + D, count: D)
-            s.v.row(j % W, D).update(from: rawKV + j * 3 * D + 2 * D, count: D)
+    /// Everything the state holds that later tokens read, for tests comparing two caches:
+    /// the ring rows of the last min(position, E+L) tokens, the slice sum, the kept
+    /// summaries and g, layer by layer.
+    var state: [Float] {
+        var out: [Float] = []
+        for s in layers {
+            for j in max(0, position - W)..<position {
+                out += UnsafeBufferPointer(start: s.k.row(j % W, D), count: D)
+                out += UnsafeBufferPointer(start: s.v.row(j % W, D), count: D)
+            }
+            out += s.sliceSum.array + Array(UnsafeBufferPointer(start: s.summaries.p, count: s.count * 3 * D)) + s.g.array
         }
-        s.sliceSum.zero()
-        for i in (T / L * L)..<T { Kernels.add(a + i * D, into: s.sliceSum.p, count: D) }
-        s.count = 0
-        for t in max(0, T / L - max(capacity, 0))..<(T / L) { push(s, summaries + t * 3 * D) }
-        m.globalAttention(m.layers[li], rows: s.summaries.p, count: s.count, keys: keys.p, scores: scores.p, into: s.g.p)
-    }
-}
-
-extension CSTDecoder {
-    func meanRowsOfSum(_ sum: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-        let inv = 1 / Float(L)
-        for i in 0..<D { out[i] = sum[i] * inv }
+        return out
     }
 }

@@ -1,7 +1,68 @@
 import MSFormat
 import MSKernels
 
-/// The Multi-Scale Transformer text classifier of DESIGN.md §3.
+/// One MS-Trans head's window: a fixed odd width, or "N/k" (the sequence length with
+/// [CLS] divided by k, rounded down to an odd number ≥ 1).
+public enum HeadScale: Equatable, Sendable, CustomStringConvertible {
+    case window(Int)
+    case fraction(Int)
+
+    public func width(sequenceLength n: Int) -> Int {
+        switch self {
+        case .window(let w): return w
+        case .fraction(let k):
+            let w = n / k
+            return max(1, w % 2 == 0 ? w - 1 : w)
+        }
+    }
+    public var description: String {
+        switch self { case .window(let w): "\(w)"; case .fraction(let k): "N/\(k)" }
+    }
+
+    init(_ v: JSONValue, layer: Int) throws {
+        if let w = v.intValue, w >= 1, w % 2 == 1 { self = .window(w); return }
+        if let s = v.stringValue, s.hasPrefix("N/"), let k = Int(s.dropFirst(2)), k >= 1 { self = .fraction(k); return }
+        throw MSGenError("config 'layer_scales'[\(layer)] has \(v.compactText): a scale is an odd integer or \"N/k\"")
+    }
+}
+
+/// config.json of an ms-trans-encoder: the common keys, the layers' head scales, the
+/// labels, the longest input and the [CLS] token.
+public struct MSTransConfig: Sendable, Equatable {
+    public var common: CommonConfig
+    public var nLayers: Int
+    public var layerScales: [[HeadScale]]
+    public var labels: [String]
+    public var maxLength: Int
+    public var clsTokenId: Int
+
+    public init(_ r: ConfigReader) throws {
+        common = try CommonConfig(r, architecture: "ms-trans-encoder")
+        nLayers = try r.int("n_layers")
+        maxLength = try r.int("max_length", min: 2)
+        clsTokenId = try r.int("cls_token_id", min: 0)
+        try check(clsTokenId < common.vocabSize, "config 'cls_token_id' \(clsTokenId) is not below vocab_size \(common.vocabSize)")
+        guard let labelList = r.object["labels"]?.arrayValue?.compactMap(\.stringValue), !labelList.isEmpty,
+              labelList.count == r.object["labels"]?.arrayValue?.count else {
+            throw MSGenError("config 'labels' must be a non-empty list of strings")
+        }
+        labels = labelList
+        guard let layers = r.object["layer_scales"]?.arrayValue, layers.count == nLayers else {
+            throw MSGenError("config 'layer_scales' must hold one list per layer (\(nLayers))")
+        }
+        let H = common.nHeads
+        layerScales = try layers.enumerated().map { (i, layer) in
+            guard let heads = layer.arrayValue, heads.count == H else {
+                throw MSGenError("config 'layer_scales'[\(i)] must hold one scale per head (\(H))")
+            }
+            return try heads.map { try HeadScale($0, layer: i) }
+        }
+        common.context = maxLength
+    }
+}
+
+/// The Multi-Scale Transformer text classifier (README.md beside this file, "MS-Trans
+/// encoder").
 ///
 /// [CLS] is put in front of the text's tokens and the whole sequence goes through the
 /// layers at once. Each layer is post-norm, without a feed-forward sublayer:
@@ -12,55 +73,51 @@ import MSKernels
 /// the head's window (fixed, or "N/k" of the sequence length with [CLS]). There is no
 /// positional embedding: the windows are the only notion of position. The sentence
 /// vector concat(h_CLS, max over the text tokens) goes through fc2(ReLU(fc1(·))).
-public final class MSTransEncoder: @unchecked Sendable {
-    public let config: ModelConfig
+public final class MSTransEncoder: TextClassifier, @unchecked Sendable {
+    public static let architecture = Architecture(
+        classifier: "ms-trans-encoder",
+        describe: {
+            let c = try MSTransConfig($0)
+            return "\(c.labels.count) labels; inputs of at most \(c.maxLength) tokens with [CLS]"
+        },
+        build: { try MSTransEncoder(MSTransConfig($0), $1) })
+
+    public let config: MSTransConfig
+    public var labels: [String] { config.labels }
     let D, H, dh, F, V, C: Int
     let scale: Float
-    let embed: Floats
+    let embed: Embedding
     let layers: [Layer]
-    let fc1w, fc1b, fc2w, fc2b: Floats
+    let fc1, fc2: Linear
 
     struct Layer {
-        let wqkv, bqkv: Floats      // Wq, Wk, Wv stacked: one [3D, D] projection
-        let wo, bo: Floats
-        let normw, normb: Floats
-        let scales: [HeadScale]     // one per head
+        let qkv: Linear          // [Wq; Wk; Wv]: one [3D, D] product
+        let o: Linear
+        let norm: (weight: Floats, bias: Floats)
+        let scales: [HeadScale]  // one per head
     }
 
-    /// What one text is classified as.
-    public struct Classification: Sendable, Equatable {
-        /// Scores over `config.labels`, and their softmax.
-        public let logits: [Float]
-        public let probs: [Float]
-        /// Tokens of the text that went through the model (without [CLS]).
-        public let tokens: Int
-        /// True when the text had more than max_length − 1 tokens and only the first
-        /// max_length − 1 were used.
-        public let truncated: Bool
+    /// Builds the model from its tensors, checking that none is missing or left over.
+    public convenience init(config c: MSTransConfig, tensors: [String: Tensor]) throws {
+        let w = Weights(tensors, architecture: c.common.architecture)
+        try self.init(c, w)
+        try w.finish()
     }
 
-    public init(config c: ModelConfig, tensors: [String: Tensor]) throws {
-        try check(c.architecture == .msTransEncoder, "not an ms-trans-encoder config")
-        var shapes: [String: (dtype: DType, shape: [Int])] = [:]
-        for (k, t) in tensors { shapes[k] = (t.dtype, t.shape) }
-        try c.validate(shapes)
+    init(_ c: MSTransConfig, _ w: Weights) throws {
         try check(Set(c.labels).count == c.labels.count, "config 'labels' names a label twice: \(c.labels.joined(separator: ", "))")
         config = c
-        D = c.dModel; H = c.nHeads; dh = c.dHead; F = c.dFF; V = c.vocabSize; C = c.labels.count
-        scale = 1 / Float(c.dHead).squareRoot()
-        let w = WeightSource(tensors: tensors)
-        embed = try w("embed.weight")
-        layers = try (0..<c.nLayers).map { i in
+        D = c.common.dModel; H = c.common.nHeads; dh = c.common.dHead; F = c.common.dFF; V = c.common.vocabSize; C = c.labels.count
+        scale = 1 / Float(dh).squareRoot()
+        let D = D
+        embed = Embedding(w, config: c.common)
+        layers = (0..<c.nLayers).map { i in
             let p = "layers.\(i)."
-            let qkv = ["q", "k", "v"].map { p + "attn.\($0)_proj" }
-            return Layer(
-                wqkv: try w.stacked(qkv.map { $0 + ".weight" }), bqkv: try w.stacked(qkv.map { $0 + ".bias" }),
-                wo: try w(p + "attn.o_proj.weight"), bo: try w(p + "attn.o_proj.bias"),
-                normw: try w(p + "norm.weight"), normb: try w(p + "norm.bias"),
-                scales: c.layerScales[i])
+            return Layer(qkv: w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D),
+                         o: w.linear(p + "attn.o_proj", out: D, in: D), norm: w.norm(p + "norm", D), scales: c.layerScales[i])
         }
-        fc1w = try w("classifier.fc1.weight"); fc1b = try w("classifier.fc1.bias")
-        fc2w = try w("classifier.fc2.weight"); fc2b = try w("classifier.fc2.bias")
+        fc1 = w.linear("classifier.fc1", out: F, in: 2 * D)
+        fc2 = w.linear("classifier.fc2", out: C, in: F)
     }
 
     /// The most text tokens one input can have: max_length less the [CLS] token.
@@ -99,10 +156,10 @@ public final class MSTransEncoder: @unchecked Sendable {
         let n = tokens.count
         let h = Floats(count: n * D), qkv = Floats(count: n * 3 * D), a = Floats(count: n * D), y = Floats(count: n * D)
         let scores = Floats(count: n)
-        for (i, t) in tokens.enumerated() { h.row(i, D).update(from: embed.row(t, D), count: D) }
+        embed(tokens, into: h.p)
 
         for l in layers {
-            Kernels.linear(h.p, rows: n, in: D, weight: l.wqkv.p, out: 3 * D, bias: l.bqkv.p, into: qkv.p)
+            l.qkv.apply(h.p, rows: n, into: qkv.p)
             // MSMSA: each head attends inside its own band around the query.
             for (hd, s) in l.scales.enumerated() {
                 let half = (s.width(sequenceLength: n) - 1) / 2
@@ -114,10 +171,10 @@ public final class MSTransEncoder: @unchecked Sendable {
                 }
             }
             // H ← LN(H + ReLU(concat(heads)·Woᵀ + bo))
-            Kernels.linear(a.p, rows: n, in: D, weight: l.wo.p, out: D, bias: l.bo.p, into: y.p)
+            l.o.apply(a.p, rows: n, into: y.p)
             Kernels.relu(y.p, count: n * D)
             Kernels.add(h.p, into: y.p, count: n * D)
-            Kernels.layerNorm(y.p, rows: n, dim: D, weight: l.normw.p, bias: l.normb.p, eps: config.normEps, into: h.p)
+            Kernels.layerNorm(y.p, rows: n, dim: D, weight: l.norm.weight.p, bias: l.norm.bias.p, eps: config.common.normEps, into: h.p)
         }
         return h
     }
@@ -134,10 +191,10 @@ public final class MSTransEncoder: @unchecked Sendable {
             for k in 0..<D { pooled[k] = max(pooled[k], r[k]) }
         }
         let hidden = Floats(count: F)
-        Kernels.linear(sentence.p, rows: 1, in: 2 * D, weight: fc1w.p, out: F, bias: fc1b.p, into: hidden.p)
+        fc1.apply(sentence.p, rows: 1, into: hidden.p)
         Kernels.relu(hidden.p, count: F)
         return [Float](unsafeUninitializedCapacity: C) { out, done in
-            Kernels.linear(hidden.p, rows: 1, in: F, weight: fc2w.p, out: C, bias: fc2b.p, into: out.baseAddress!)
+            fc2.apply(hidden.p, rows: 1, into: out.baseAddress!)
             done = C
         }
     }

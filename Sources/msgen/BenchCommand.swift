@@ -17,10 +17,9 @@ struct BenchCommand: ParsableCommand {
         """
     )
 
-    @Option(help: "Model file (default: the bundled model).")
-    var model: String?
+    @OptionGroup var common: ModelOptions
 
-    @Option(parsing: .upToNextOption, help: "Context depths to measure at.")
+    @Option(name: [.customShort("c"), .long], parsing: .upToNextOption, help: "Context depths to measure at.")
     var context: [Int] = [256, 1024, 4096, 8192]
 
     @Option(help: "Runs per measurement.")
@@ -28,9 +27,6 @@ struct BenchCommand: ParsableCommand {
 
     @Option(name: .customLong("decode-tokens"), help: "Tokens timed per decode run.")
     var decodeTokens = 32
-
-    @Option(help: "Threads for matrix work (default: all cores).")
-    var threads: Int?
 
     @Flag(help: "Print one JSON object.")
     var json = false
@@ -42,8 +38,9 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         Output.setUp()
-        if let threads { Kernels.threads = threads }
-        let path = try model ?? BundledModel.path()
+        Interrupt.install()
+        common.applyThreads()
+        let path = try common.path()
         let t0 = Date()
         let file = try MSZFile(path: path)
         let lm = try loadLanguageModel(file)
@@ -52,28 +49,50 @@ struct BenchCommand: ParsableCommand {
         var bench = Bench(model: lm)
         bench.repetitions = repetitions
         bench.decodeTokens = decodeTokens
-
-        var prefills: [Bench.Prefill] = [], decodes: [Bench.Decode] = []
-        for depth in context {
-            let n = min(depth, lm.config.context)
-            if !prefills.contains(where: { $0.tokens == n }) { prefills.append(try bench.prefill(n)) }
-            guard lm.canDecodePastContext || depth + decodeTokens * repetitions <= lm.config.context else {
-                Terminal.note("depth \(depth): skipped, past this model's context of \(lm.config.context)")
-                continue
-            }
-            decodes.append(try bench.decode(depth: depth))
-            if !json, let d = decodes.last, let p = prefills.last {
-                Terminal.note(String(format: "depth %5d: prefill %d tokens %.0f tokens/s, decode %.3f ms/token (%.0f tokens/s)",
-                                     depth, p.tokens, Double(p.tokens) / p.seconds.median,
-                                     d.secondsPerToken.median * 1e3, 1 / d.secondsPerToken.median))
-            }
+        bench.isCancelled = { Interrupt.requested }
+        if !lm.canDecodePastContext && decodeTokens * repetitions >= lm.config.context {
+            // A small model's context cannot hold every timed token: time fewer per run.
+            bench.decodeTokens = (lm.config.context - 1) / repetitions
+            try check(bench.decodeTokens >= 1, "--repetitions \(repetitions) does not fit this model's context of \(lm.config.context)")
+            Terminal.note("note: \(bench.decodeTokens) decode tokens per run, to fit this model's context of \(lm.config.context)")
         }
+        var report = Report(path: path, model: lm, loadSeconds: loadSeconds, weightBytes: weightBytes)
+        do {
+            for depth in context {
+                let n = min(depth, lm.config.context)
+                if !report.prefills.contains(where: { $0.tokens == n }) { report.prefills.append(try bench.prefill(n)) }
+                // Past the context of a model that cannot decode there: as deep as it goes.
+                let reached = bench.reachable(depth)
+                if reached < depth {
+                    Terminal.note("depth \(depth): past this model's context of \(lm.config.context); decode measured at depth \(reached)")
+                }
+                guard !report.decodes.contains(where: { $0.depth == reached }) else { continue }
+                report.decodes.append(try bench.decode(depth: reached))
+                if !json, let d = report.decodes.last, let p = report.prefills.last {
+                    Terminal.note(String(format: "depth %5d: prefill %d tokens %.0f tokens/s, decode %.3f ms/token (%.0f tokens/s)",
+                                         d.depth, p.tokens, Double(p.tokens) / p.seconds.median,
+                                         d.secondsPerToken.median * 1e3, 1 / d.secondsPerToken.median))
+                }
+            }
+        } catch is CancellationError {
+            report.interrupted = true
+        }
+        Output.write(json ? report.json() : report.text())
+        if report.interrupted { throw ExitCode(130) }
+    }
+
+    /// What was measured (all of it, or what was done before Ctrl-C).
+    struct Report {
+        let path: String, model: LanguageModel, loadSeconds: Double, weightBytes: Int
+        var prefills: [Bench.Prefill] = [], decodes: [Bench.Decode] = []
+        var interrupted = false
         let rss = peakResidentBytes()
-        if json {
+
+        func json() -> String {
             func stat(_ s: Bench.Stat) -> JSONValue { .object(["median": .number(s.median), "min": .number(s.min), "max": .number(s.max)]) }
-            let o: [String: JSONValue] = [
-                "model": .string(path), "architecture": .string(lm.config.architecture.rawValue),
-                "context": .number(Double(lm.config.context)), "threads": .number(Double(Kernels.threads)),
+            var o: [String: JSONValue] = [
+                "model": .string(path), "architecture": .string(model.config.architecture),
+                "context": .number(Double(model.config.context)), "threads": .number(Double(Kernels.threads)),
                 "load_seconds": .number(loadSeconds), "weight_bytes": .number(Double(weightBytes)),
                 "peak_rss_bytes": .number(Double(rss)),
                 "prefill": .array(prefills.map { p in
@@ -86,21 +105,28 @@ struct BenchCommand: ParsableCommand {
                              "cache_bytes": .number(Double(d.cacheBytes))])
                 }),
             ]
-            Output.write(JSONValue.object(o).compactText + "\n")
-        } else {
-            print("model \(path): \(lm.config.architecture.rawValue), context \(lm.config.context), \(Kernels.threads) threads")
-            print(String(format: "load %.3f s; weights %@ (f32); peak RSS %@", loadSeconds, humanBytes(weightBytes), humanBytes(rss)))
-            print("  prefill tokens   tokens/s (median, min-max)")
+            if interrupted { o["interrupted"] = .bool(true) }
+            return JSONValue.object(o).compactText + "\n"
+        }
+
+        func text() -> String {
+            var lines = [
+                "model \(path): \(model.config.architecture), context \(model.config.context), \(Kernels.threads) threads",
+                String(format: "load %.3f s; weights %@ (f32); peak RSS %@", loadSeconds, humanBytes(weightBytes), humanBytes(rss)),
+                "  prefill tokens   tokens/s (median, min-max)",
+            ]
             for p in prefills {
-                print(String(format: "  %14d   %8.0f (%.0f-%.0f)", p.tokens, Double(p.tokens) / p.seconds.median,
-                             Double(p.tokens) / p.seconds.max, Double(p.tokens) / p.seconds.min))
+                lines.append(String(format: "  %14d   %8.0f (%.0f-%.0f)", p.tokens, Double(p.tokens) / p.seconds.median,
+                                    Double(p.tokens) / p.seconds.max, Double(p.tokens) / p.seconds.min))
             }
-            print("  decode depth   ms/token (median, min-max)   tokens/s   cache")
+            lines.append("  decode depth   ms/token (median, min-max)   tokens/s   cache")
             for d in decodes {
                 let s = d.secondsPerToken
-                print(String(format: "  %12d   %8.3f (%.3f-%.3f)   %8.0f   %@", d.depth, s.median * 1e3, s.min * 1e3, s.max * 1e3,
-                             1 / s.median, humanBytes(d.cacheBytes)))
+                lines.append(String(format: "  %12d   %8.3f (%.3f-%.3f)   %8.0f   %@", d.depth, s.median * 1e3, s.min * 1e3, s.max * 1e3,
+                                    1 / s.median, humanBytes(d.cacheBytes)))
             }
+            if interrupted { lines.append("(interrupted)") }
+            return lines.joined(separator: "\n") + "\n"
         }
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MSFormat
+import MSModels
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,8 +18,9 @@ struct Inspect: ParsableCommand {
     var verify = false
 
     func run() throws {
+        Output.setUp()
         let file = try MSZFile(path: model)
-        let config = try ModelConfig(json: file.config)
+        let summary = try Architectures.named(in: file.config).describe(try ConfigReader(file.config))
         let started = Date()
         if verify { _ = try file.load() }
         let loadSeconds = Date().timeIntervalSince(started)
@@ -40,34 +42,35 @@ struct Inspect: ParsableCommand {
                 }),
             ]
             if verify { o["verified"] = .bool(true); o["load_seconds"] = .number(loadSeconds) }
-            print(JSONValue.object(o).compactText)
+            say(JSONValue.object(o).compactText)
             return
         }
-        print("\(model): \(file.architecture), \(params.formatted()) parameters in \(file.tensors.count) tensors")
-        print(String(format: "  %@ on disk, %@ of tensor data, compression %.2fx", humanBytes(file.fileSize), humanBytes(raw),
+        say("\(model): \(file.architecture), \(params.formatted()) parameters in \(file.tensors.count) tensors")
+        say(String(format: "  %@ on disk, %@ of tensor data, compression %.2fx", humanBytes(file.fileSize), humanBytes(raw),
                      Double(raw) / Double(max(stored, 1))))
-        print("config:")
-        for (k, v) in (file.config.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) { print("  \(k): \(v.compactText)") }
-        if config.architecture == .cstDecoder {
-            print("  (context \(config.context) tokens = \(config.maxSlices) slices × \(config.sliceLength); left extension \(config.leftExtension))")
-        }
-        print("tokenizer: \(tok.text)")
-        print("provenance:")
-        for (k, v) in file.provenance.sorted(by: { $0.key < $1.key }) { print("  \(k): \(v.stringValue ?? v.compactText)") }
-        print("tensors:")
+        say("config:")
+        for (k, v) in (file.config.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) { say("  \(k): \(v.compactText)") }
+        say("  (\(summary))")
+        say("tokenizer: \(tok.text)")
+        say("provenance:")
+        for (k, v) in file.provenance.sorted(by: { $0.key < $1.key }) { say("  \(k): \(v.stringValue ?? v.compactText)") }
+        say("tensors:")
         let w = file.tensors.map(\.name.count).max() ?? 4
         for t in file.tensors {
             let name = t.name.padding(toLength: w, withPad: " ", startingAt: 0)
             let shape = shapeString(t.shape).padding(toLength: 14, withPad: " ", startingAt: 0)
-            print(String(format: "  %@  %-4@  %@  %10@  raw %10@  %.2fx", name, t.dtype.rawValue, shape,
+            say(String(format: "  %@  %-4@  %@  %10@  raw %10@  %.2fx", name, t.dtype.rawValue, shape,
                          humanBytes(t.storedBytes), humanBytes(t.rawBytes), Double(t.rawBytes) / Double(t.storedBytes)))
         }
         if verify {
-            print(String(format: "verified: all %d tensors decompress and match their checksums (%@ in %.3f s, %.2f GB/s)",
+            say(String(format: "verified: all %d tensors decompress and match their checksums (%@ in %.3f s, %.2f GB/s)",
                          file.tensors.count, humanBytes(raw), loadSeconds, Double(raw) / loadSeconds / 1e9))
         }
     }
 }
+
+/// One line of output.
+private func say(_ line: String) { Output.write(line + "\n") }
 
 /// A few facts about an embedded tokenizer.json, for display.
 struct TokenizerSummary {

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import MSFormat
-import MSKernels
 import MSServe
 
 struct Serve: AsyncParsableCommand {
@@ -15,8 +14,7 @@ struct Serve: AsyncParsableCommand {
         """
     )
 
-    @Option(help: "Model file (default: the bundled model, models/cst-kjv.msz).")
-    var model: String?
+    @OptionGroup var common: ModelOptions
 
     @Option(help: "Address to listen on.")
     var host = "127.0.0.1"
@@ -30,9 +28,6 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Requests that may wait for a free sequence; past that the answer is 503.")
     var queue = 64
 
-    @Option(help: "Threads for matrix work (default: all cores).")
-    var threads: Int?
-
     @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' (default: $MSGEN_API_KEY; none: open).")
     var apiKey: String?
 
@@ -40,12 +35,11 @@ struct Serve: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw MSGenError("--port must be in 0…65535") }
         guard maxSequences >= 1 else { throw MSGenError("--max-sequences must be ≥ 1") }
         guard queue >= 0 else { throw MSGenError("--queue must be ≥ 0") }
-        if let threads, threads < 1 { throw MSGenError("--threads must be ≥ 1") }
     }
 
     func run() async throws {
-        if let threads { Kernels.threads = threads }
-        let path = try model ?? BundledModel.path()
+        common.applyThreads()
+        let path = try common.path()
         let generator = try openGenerator(path)
         var options = ServeOptions()
         options.host = host

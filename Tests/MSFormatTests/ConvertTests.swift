@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import MSFormat
+import MSModels
 
 /// `msgen convert` on a real checkpoint, and its validation errors.
 struct ConvertTests {
@@ -25,7 +26,8 @@ struct ConvertTests {
     @Test func validCheckpointValidates() throws {
         let c = try Checkpoint.load(path: try checkpoint())
         try c.validate()
-        #expect(c.config.architecture == .cstDecoder && c.config.leftExtension == 4 && c.config.context == 16)
+        let config = try CSTConfig(ConfigReader(c.configJSON))
+        #expect(config.common.architecture == "cst-decoder" && config.leftExtension == 4 && config.common.context == 16)
         #expect(c.tokenizerJSON != nil)
     }
 

@@ -104,6 +104,7 @@ struct CorruptionTests {
             (try editTensor(0, "offset", 1 << 50), "outside the file"),
             (try editTensor(2, "offset", 0), "overlaps"),
             (try editTensor(0, "shape", [64, 16]), "declares"),                  // frame size ≠ shape
+            (try editTensor(0, "shape", [1 << 19, 1 << 19]), "declares"),        // 512 GB claimed: checked before allocating
             (try editTensor(0, "layout", "zigzag"), "unknown layout"),
             (try withHeader { $0["tensors"] = 5 }, "corrupt header"),
             (try withHeader { $0.removeValue(forKey: "architecture") }, "missing key 'architecture'"),

@@ -10,16 +10,16 @@ func fixtureGenerator(_ name: String = "cst_a3_shared_untied_gelutanh_full") thr
     let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/golden/\(name)").path
     let ckpt = try Checkpoint.load(path: dir)
-    let model = try CSTDecoder(config: ckpt.config, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+    let model = try Architectures.languageModel(config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
     return Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
 }
 
 func collect(_ g: Generator, _ prompt: String, _ o: GenerationOptions) throws -> (ids: [Int], text: String, summary: GenerationSummary) {
     var ids: [Int] = [], text = "", summary: GenerationSummary?
-    try g.generate(prompt, options: o) { e in
+    try g.generate(try g.promptTokens(prompt), options: o) { e in
         switch e {
-        case .token(let id, let t): if id >= 0 { ids.append(id) }; text += t
-        case .done(let s): summary = s
+        case .token(let d): ids.append(d.id); text += d.text
+        case .done(let s): summary = s; text += s.heldBackText
         }
     }
     return (ids, text, summary!)
@@ -84,8 +84,8 @@ struct GeneratorTests {
         var o = GenerationOptions(); o.maxTokens = 30; o.sampler.seed = 5; o.ignoreEOS = true
         let sync = try collect(g, "Let there be light", o)
         var ids: [Int] = [], text = ""
-        for try await e in g.stream("Let there be light", options: o) {
-            if case .token(let id, let t) = e { if id >= 0 { ids.append(id) }; text += t }
+        for try await e in g.stream(try g.promptTokens("Let there be light"), options: o) {
+            if case .token(let d) = e { ids.append(d.id); text += d.text }
         }
         #expect(ids == sync.ids && text == sync.text)
     }
@@ -96,7 +96,7 @@ struct BaselineGenerationTests {
         let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Fixtures/golden/transformer_untied_gelutanh").path
         let ckpt = try Checkpoint.load(path: dir)
-        let model = try TransformerDecoder(config: ckpt.config, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+        let model = try Architectures.languageModel(config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
         let g = Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
         var o = GenerationOptions(); o.maxTokens = 1000; o.ignoreEOS = true; o.sampler.seed = 3
         let r = try collect(g, "In", o)

@@ -9,7 +9,8 @@ struct Golden {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/golden")
     let name: String
-    let config: ModelConfig
+    let json: JSONValue
+    let config: CommonConfig
     let tensors: [String: Tensor]
     let ids: [Int]
     let logits: [Float]  // [T, V] or [labels]
@@ -19,14 +20,18 @@ struct Golden {
         self.name = name
         let dir = Self.root.appendingPathComponent(name).path
         let ckpt = try Checkpoint.load(path: dir)
-        try ckpt.validate()
-        config = ckpt.config
+        json = ckpt.configJSON
         tensors = Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) })
+        config = try Architectures.named(in: json).name == "ms-trans-encoder" ? MSTransConfig(ConfigReader(json)).common
+            : Architectures.languageModel(config: json, tensors: tensors).config
         let g = Dictionary(uniqueKeysWithValues: try Safetensors.read(path: dir + "/golden.safetensors").map { ($0.name, $0.tensor) })
         ids = g["input_ids"]!.ints()
         logits = g["logits"]!.floats()
         probs = g["probs"]?.floats() ?? []
     }
+
+    /// The config of an ms-trans-encoder fixture.
+    var msTrans: MSTransConfig { get throws { try MSTransConfig(ConfigReader(json)) } }
 
     static func names(prefix: String) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []).filter { $0.hasPrefix(prefix) }.sorted()
@@ -40,8 +45,7 @@ func maxError(_ a: ArraySlice<Float>, _ b: ArraySlice<Float>) -> Float {
 
 /// A decoder of the fixture's architecture.
 func decoder(_ g: Golden) throws -> LanguageModel {
-    g.config.architecture == .cstDecoder ? try CSTDecoder(config: g.config, tensors: g.tensors)
-        : try TransformerDecoder(config: g.config, tensors: g.tensors)
+    try Architectures.languageModel(config: g.json, tensors: g.tensors)
 }
 
 /// Both decoders (CST and the baseline) against the PyTorch reference.
@@ -102,7 +106,7 @@ struct DecoderTests {
     /// The cache does not grow with the number of tokens.
     @Test func cacheIsBounded() throws {
         let g = try Golden("cst_a2_shared_untied_past_context")
-        let model = try CSTDecoder(config: g.config, tensors: g.tensors)
+        let model = try decoder(g)
         let cache = model.makeCache()
         let N = g.config.context
         for i in 0..<N { _ = model.step(g.ids[i % g.ids.count], cache: cache) }
@@ -112,11 +116,19 @@ struct DecoderTests {
         #expect(cache.byteCount == atN)
     }
 
-    @Test func promptLongerThanContextIsAnError() throws {
-        let g = try Golden("cst_a1_shared_tied_gelu")
-        let model = try CSTDecoder(config: g.config, tensors: g.tensors)
+    /// The baseline cannot go past its positions: a longer prompt is one clear error, and
+    /// so is a prefill that would run past them from a live cache.
+    @Test func baselinePromptLongerThanContextIsAnError() throws {
+        let g = try Golden("transformer_untied_gelutanh")
+        let model = try decoder(g)
         let ids = [Int](repeating: 1, count: g.config.context + 1)
-        #expect { _ = try model.prefill(ids, cache: model.makeCache(), logitsFor: 0..<1) } throws: { "\($0)".contains("context") }
+        #expect { _ = try model.prefill(ids, cache: model.makeCache(), logitsFor: 0..<1) } throws: {
+            "\($0)" == "the prompt has \(ids.count) tokens; this model's context is \(g.config.context)"
+        }
+        let cache = model.makeCache()
+        _ = try model.prefill(Array(ids[0..<3]), cache: cache, logitsFor: 0..<0)
+        #expect(throws: MSGenError.self) { _ = try model.prefill(Array(ids[3...]), cache: cache, logitsFor: 0..<0) }
+        #expect(cache.position == 3)
     }
 }
 
@@ -126,9 +138,9 @@ struct GPT2Tests {
     @Test func logitsEqualTransformers() throws {
         let dir = Golden.root.deletingLastPathComponent().appendingPathComponent("gpt2").path
         let ckpt = try Checkpoint.load(path: dir)
-        try ckpt.validate()
-        #expect(ckpt.config.architecture == .transformerDecoder && ckpt.config.activation == .geluTanh && ckpt.config.tieEmbeddings)
-        let model = try TransformerDecoder(config: ckpt.config, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+        let config = try TransformerConfig(ConfigReader(ckpt.configJSON))
+        #expect(config.common.architecture == "transformer-decoder" && config.common.activation == .geluTanh && config.common.tieEmbeddings)
+        let model = try TransformerDecoder(config: config, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
         let g = Dictionary(uniqueKeysWithValues: try Safetensors.read(path: dir + "/golden.safetensors").map { ($0.name, $0.tensor) })
         let ids = g["input_ids"]!.ints()
         let logits = try model.prefill(ids, cache: model.makeCache(), logitsFor: 0..<ids.count)

@@ -12,10 +12,10 @@ struct MSTransEncoderTests {
     @Test(arguments: fixtures)
     func matchesReference(_ name: String) throws {
         let g = try Golden(name)
-        let model = try MSTransEncoder(config: g.config, tensors: g.tensors)
+        let model = try MSTransEncoder(config: (try g.msTrans), tensors: g.tensors)
         let r = try model.classify(g.ids)
         #expect(!r.truncated && r.tokens == g.ids.count)
-        #expect(r.logits.count == g.config.labels.count)
+        #expect(r.logits.count == (try g.msTrans).labels.count)
         #expect(maxError(r.logits[...], g.logits[...]) < 1e-4, "logits \(r.logits) vs \(g.logits)")
         #expect(maxError(r.probs[...], g.probs[...]) < 1e-4, "probs \(r.probs) vs \(g.probs)")
     }
@@ -34,7 +34,7 @@ struct MSTransEncoderTests {
         for n in [2, 17, 64] { #expect(HeadScale.window(5).width(sequenceLength: n) == 5) }
         // Per head of the nk fixture, at its own length and at the longest one.
         let g = try Golden("mstrans_nk_scales")
-        let model = try MSTransEncoder(config: g.config, tensors: g.tensors)
+        let model = try MSTransEncoder(config: (try g.msTrans), tensors: g.tensors)
         #expect(g.ids.count + 1 == 29)
         #expect(model.windows(sequenceLength: 29) == [[1, 1, 3, 3, 7], [1, 3, 3, 7, 13], [1, 3, 3, 7, 13]])
         #expect(model.windows(sequenceLength: 64) == [[1, 1, 3, 7, 15], [1, 3, 7, 15, 31], [1, 3, 7, 15, 31]])
@@ -93,8 +93,8 @@ struct MSTransEncoderTests {
     /// whose widest window is 9 (half 4) and 5 (half 2), by |i − j| ≤ 6.
     @Test func attentionStaysInTheBand() throws {
         let g = try Golden("mstrans_fixed_scales")
-        let model = try MSTransEncoder(config: g.config, tensors: g.tensors)
-        let tokens = [g.config.clsTokenId] + g.ids
+        let model = try MSTransEncoder(config: (try g.msTrans), tensors: g.tensors)
+        let tokens = [(try g.msTrans).clsTokenId] + g.ids
         var changed = tokens
         let at = 15
         changed[at] = (changed[at] + 1) % g.config.vocabSize
@@ -110,8 +110,8 @@ struct MSTransEncoderTests {
     /// Text longer than max_length − 1 tokens is cut to its first max_length − 1.
     @Test func truncatesAtMaxLength() throws {
         let g = try Golden("mstrans_fixed_scales")
-        let model = try MSTransEncoder(config: g.config, tensors: g.tensors)
-        let keep = g.config.maxLength - 1
+        let model = try MSTransEncoder(config: (try g.msTrans), tensors: g.tensors)
+        let keep = (try g.msTrans).maxLength - 1
         #expect(keep == 47)
         let long = Array((0..<3).flatMap { _ in g.ids }.prefix(60))
         let r = try model.classify(long)
@@ -130,12 +130,12 @@ struct MSTransEncoderTests {
         let g = try Golden("mstrans_fixed_scales")
         var t = g.tensors
         t["layers.1.norm.bias"] = nil
-        #expect { _ = try MSTransEncoder(config: g.config, tensors: t) } throws: { "\($0)".contains("missing layers.1.norm.bias") }
-        var twice = g.config
+        #expect { _ = try MSTransEncoder(config: (try g.msTrans), tensors: t) } throws: { "\($0)".contains("missing layers.1.norm.bias") }
+        var twice = (try g.msTrans)
         twice.labels = ["a", "b", "a"]
         #expect { _ = try MSTransEncoder(config: twice, tensors: g.tensors) } throws: { "\($0)".contains("label twice") }
         let d = try Golden("cst_a1_shared_tied_gelu")
-        #expect { _ = try MSTransEncoder(config: d.config, tensors: d.tensors) } throws: { "\($0)".contains("ms-trans-encoder") }
+        #expect { _ = try Architectures.classifier(config: d.json, tensors: d.tensors) } throws: { "\($0)".contains("ms-trans-encoder") }
     }
 }
 
@@ -176,11 +176,11 @@ struct Synthetic {
 
     var tensors: [String: Tensor] { weights.mapValues { Tensor(shape: $0.shape, floats: $0.values) } }
 
-    func config(scales: [[Int]]) throws -> ModelConfig { try config(scales: scales.map { $0.map { .window($0) } }) }
+    func config(scales: [[Int]]) throws -> MSTransConfig { try config(scales: scales.map { $0.map { .window($0) } }) }
 
     /// Written as config.json has them: odd integers and "N/k" strings.
-    func config(scales: [[HeadScale]]) throws -> ModelConfig {
-        try ModelConfig(json: .object([
+    func config(scales: [[HeadScale]]) throws -> MSTransConfig {
+        try MSTransConfig(ConfigReader(.object([
             "architecture": .string("ms-trans-encoder"), "vocab_size": .number(Double(vocab)),
             "d_model": .number(Double(dModel)), "n_layers": .number(Double(layers)), "n_heads": .number(Double(heads)),
             "d_ff": .number(Double(dFF)), "max_length": .number(Double(maxLength)), "cls_token_id": .number(Double(vocab - 1)),
@@ -188,7 +188,7 @@ struct Synthetic {
             "layer_scales": .array(scales.map { .array($0.map {
                 if case .window(let w) = $0 { .number(Double(w)) } else { .string($0.description) }
             }) }),
-        ]))
+        ])))
     }
 
     /// The forward computed directly in Double, loop by loop: final states [n, D] and

@@ -14,10 +14,7 @@ func fixtureGenerator(_ name: String = "cst_a3_shared_untied_gelutanh_full") thr
     let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/golden/\(name)").path
     let ckpt = try Checkpoint.load(path: dir)
-    let tensors = Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) })
-    let model: LanguageModel = ckpt.config.architecture == .transformerDecoder
-        ? try TransformerDecoder(config: ckpt.config, tensors: tensors)
-        : try CSTDecoder(config: ckpt.config, tensors: tensors)
+    let model = try Architectures.languageModel(config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
     return Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
 }
 
