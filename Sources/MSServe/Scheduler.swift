@@ -167,6 +167,7 @@ final class Scheduler: @unchecked Sendable {
         while true {
             // A cancelled sequence leaves before anything else happens: before the next step.
             running.removeAll { leaveIfCancelled($0) }
+            publishCounts()
             guard let newcomers = nextRound() else { break }
             running += newcomers.filter(prefill)
             // Sample every sequence's next token; the ones that go on feed it back.

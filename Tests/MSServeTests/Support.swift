@@ -3,6 +3,7 @@ import MSFormat
 import MSGen
 import MSModels
 import MSTokenizer
+import Synchronization
 @testable import MSServe
 #if canImport(Glibc)
 import Glibc
@@ -164,4 +165,28 @@ func metric(_ text: String, _ name: String) -> Double? {
         return Double(line.split(separator: " ").last ?? "")
     }
     return nil
+}
+
+/// Runs blocking socket work on a thread of its own: the live server's handlers run on
+/// Swift's cooperative pool (as many threads as cores), which blocked test code would starve.
+func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { c in
+        Thread { c.resume(with: Result { try body() }) }.start()
+    }
+}
+
+/// Runs `body(i)` for i in 0..<n, each on its own thread, and returns the results in order.
+func onThreads<T: Sendable>(_ n: Int, _ body: @escaping @Sendable (Int) throws -> T) throws -> [T] {
+    let results = Mutex<[Int: Result<T, Error>]>([:])
+    let group = DispatchGroup()
+    for i in 0..<n {
+        group.enter()
+        Thread {
+            let r = Result { try body(i) }
+            results.withLock { $0[i] = r }
+            group.leave()
+        }.start()
+    }
+    group.wait()
+    return try results.withLock { all in try (0..<n).map { try all[$0]!.get() } }
 }
