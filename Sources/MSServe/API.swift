@@ -372,7 +372,7 @@ enum Wire {
     /// the token strings that key `top_logprobs`' dictionaries.
     static func encoder() -> JSONEncoder {
         let e = JSONEncoder()
-        e.outputFormatting = [.withoutEscapingSlashes]
+        e.outputFormatting = [.withoutEscapingSlashes, .sortedKeys]
         return e
     }
 
