@@ -25,8 +25,10 @@ struct LiveTests {
         jsonBody(["prompt": "And God said", "max_tokens": maxTokens, "seed": seed, "ignore_eos": true, "stream": true])
     }
 
-    @Test func concurrentStreamsEachGiveTheirTextAlone() async throws {
-        let engine = try fixtureEngine { $0.maxSequences = 32; $0.queue = 0 }
+    /// CST, and the baseline (whose streams also end at its context).
+    @Test(arguments: RouteTests.fixtures)
+    func concurrentStreamsEachGiveTheirTextAlone(fixture: String) async throws {
+        let engine = try fixtureEngine(fixture) { $0.maxSequences = 32; $0.queue = 0 }
         let alone = try (0..<32).map { try referenceText(engine.generator, "And God said", options(seed: UInt64(1000 + $0), maxTokens: 40)).text }
         try await makeApplication(engine).test(.live) { client in
             let port = try #require(client.port)

@@ -77,12 +77,16 @@ struct RouteTests {
         }
     }
 
-    @Test func completionMatchesTheGeneratorAndReportsItsSeed() async throws {
-        let engine = try fixtureEngine()
+    /// CST and the baseline.
+    static let fixtures = ["cst_a3_shared_untied_gelutanh_full", baselineFixture]
+
+    @Test(arguments: fixtures)
+    func completionMatchesTheGeneratorAndReportsItsSeed(fixture: String) async throws {
+        let engine = try fixtureEngine(fixture)
         let prompt = "And God said"
-        let expected = try referenceText(engine.generator, prompt, options(seed: 42, maxTokens: 30))
+        let expected = try referenceText(engine.generator, prompt, options(seed: 42, maxTokens: 20))
         try await makeApplication(engine).test(.router) { client in
-            let r = try await post(client, "/v1/completions", ["prompt": prompt, "max_tokens": 30, "seed": 42, "ignore_eos": true, "model": "fixture"])
+            let r = try await post(client, "/v1/completions", ["prompt": prompt, "max_tokens": 20, "seed": 42, "ignore_eos": true, "model": "fixture"])
             #expect(r.status == 200)
             let o = try json(r.body)
             #expect(o["object"] as? String == "text_completion" && (o["id"] as? String)?.hasPrefix("cmpl-") == true && o["created"] is Int)
@@ -91,8 +95,8 @@ struct RouteTests {
             #expect(choice["text"] as? String == expected.text && choice["finish_reason"] as? String == "length" && choice["index"] as? Int == 0)
             #expect(choice.keys.contains("logprobs"))
             let usage = try #require(o["usage"] as? [String: Int])
-            #expect(usage == ["prompt_tokens": engine.tokenizer.encode(prompt).count, "completion_tokens": 30,
-                              "total_tokens": engine.tokenizer.encode(prompt).count + 30])
+            #expect(usage == ["prompt_tokens": engine.tokenizer.encode(prompt).count, "completion_tokens": 20,
+                              "total_tokens": engine.tokenizer.encode(prompt).count + 20])
 
             // No seed given: the server picks one and reports it; sending it back repeats the text.
             let a = try json(try await post(client, "/v1/completions", ["prompt": prompt, "max_tokens": 20, "ignore_eos": true]).body)
