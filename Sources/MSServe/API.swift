@@ -27,9 +27,9 @@ public struct APIError: Error, Sendable, Equatable {
     static func notFound(_ path: String) -> APIError {
         APIError(status: 404, message: "no such route: \(path)", type: "invalid_request_error", code: "not_found")
     }
-    static func tooLarge(limit: Int) -> APIError {
-        APIError(status: 413, message: "the request body is larger than the limit of \(limit) bytes", type: "invalid_request_error",
-                 code: "request_too_large")
+    static func tooLarge(limit: Int?) -> APIError {
+        APIError(status: 413, message: "the request body is larger than the limit" + (limit.map { " of \($0) bytes" } ?? ""),
+                 type: "invalid_request_error", code: "request_too_large")
     }
     static let overloaded = APIError(status: 503, message: "the server is at capacity (all sequences running, the queue full); retry later",
                                      type: "server_error", code: "overloaded")

@@ -21,6 +21,8 @@ public struct ServeOptions: Sendable {
     public var outputBuffer = 1024
     /// On SIGTERM, how long running streams may go on before they are cancelled.
     public var drainSeconds = 20.0
+    /// Seconds a connection may stay silent while its request is read, or idle between requests.
+    public var idleSeconds = 30
     /// The largest max_tokens a request may ask for.
     public var maxTokensLimit = 1 << 20
     public init() {}
@@ -85,6 +87,10 @@ func makeApplication(_ engine: Engine, logger: Logger? = nil, onListening: @esca
     if logger == nil { log.logLevel = .warning }
     return Application(
         router: buildRouter(engine),
+        // A connection that sends nothing for this long while its request is read (a
+        // half-open or stalled client), or sits idle between requests, is closed. A
+        // response being written is never cut by it.
+        server: .http1(configuration: .init(idleTimeout: .seconds(Int64(engine.options.idleSeconds)))),
         configuration: .init(address: .hostname(engine.options.host, port: engine.options.port), serverName: "msgen"),
         services: [SchedulerService(scheduler: engine.scheduler)],
         onServerRunning: { channel in onListening(channel.localAddress?.port ?? engine.options.port) },
@@ -144,7 +150,7 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         switch error {
         case let e as APIError: return e
         case let e as HTTPError where e.status == .notFound: return .notFound(path)
-        case let e as HTTPError where e.status == .contentTooLarge: return .tooLarge(limit: 0)
+        case let e as HTTPError where e.status == .contentTooLarge: return .tooLarge(limit: nil)
         case let e as HTTPError:
             return APIError(status: e.status.code, message: e.body ?? e.status.reasonPhrase, type: "invalid_request_error")
         default: return .internalError("\(error)")

@@ -72,6 +72,34 @@ struct LiveTests {
         }
     }
 
+    @Test func aClientThatHangsUpOnAWholeAnswerCancelsIt() async throws {
+        let engine = try fixtureEngine()
+        try await makeApplication(engine).test(.live) { client in
+            let port = try #require(client.port)
+            try await blocking {
+                let c = try RawHTTP(port: port)
+                c.request("POST", "/v1/completions", body: jsonBody(["prompt": "x", "max_tokens": 1_000_000, "ignore_eos": true]))
+                #expect(try waitForMetric(port: port, "msgen_active_sequences") { $0 == 1 } == 1)
+                c.hangUp()
+                #expect(try waitForMetric(port: port, "msgen_active_sequences") { $0 == 0 } == 0)
+            }
+        }
+    }
+
+    @Test func aStalledRequestIsClosed() async throws {
+        let engine = try fixtureEngine { $0.idleSeconds = 1 }
+        try await makeApplication(engine).test(.live) { client in
+            let port = try #require(client.port)
+            try await blocking {
+                // Half a body, then silence (the connection stays open from the client's side).
+                let c = try RawHTTP(port: port)
+                c.request("POST", "/v1/completions", body: Data("{\"prompt\":".utf8), contentLength: 100)
+                c.read()
+                #expect(c.closedByPeer, "the server did not close a stalled request")
+            }
+        }
+    }
+
     @Test func aClientThatStopsReadingIsCancelled() async throws {
         let engine = try fixtureEngine { $0.outputBuffer = 8 }
         try await makeApplication(engine).test(.live) { client in

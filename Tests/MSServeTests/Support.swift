@@ -71,6 +71,9 @@ final class RawHTTP {
     init(port: Int, receiveBuffer: Int? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestFailure("socket failed") }
+        // Reads give up after 20 s, so that a server that never answers fails a test instead of hanging it.
+        var timeout = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         if var size = receiveBuffer.map(Int32.init) {
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
         }
@@ -108,13 +111,18 @@ final class RawHTTP {
         send(Data((head + "\r\n").utf8) + body)
     }
 
+    /// Whether the last `read` ended because the server closed the connection.
+    private(set) var closedByPeer = false
+
     /// Reads whatever arrives until `until` holds for the bytes so far, or the peer closes.
     @discardableResult
     func read(until: (Data) -> Bool = { _ in false }) -> Data {
         var all = Data()
         var buf = [UInt8](repeating: 0, count: 65536)
+        closedByPeer = false
         while !until(all) {
             let n = recv(fd, &buf, buf.count, 0)
+            if n == 0 { closedByPeer = true }
             if n <= 0 { break }
             all.append(contentsOf: buf[0..<n])
         }
