@@ -146,3 +146,23 @@ def test_api_key():
         assert good.completions.create(model="cst-kjv", prompt="x", max_tokens=2).usage.completion_tokens >= 1
     finally:
         assert s.stop() == 0
+
+
+def test_sigterm_lets_a_running_stream_finish():
+    """SIGTERM mid-stream: no new connections, the running stream ends whole ([DONE]), exit 0."""
+    import http.client
+    import json
+    s = Server()
+    port = int(s.url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = {"prompt": "And God said", "max_tokens": 60, "seed": 4, "stream": True, "ignore_eos": True}
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    first = r.read1(65536)
+    assert first.startswith(b"data: ")
+    s.proc.send_signal(signal.SIGTERM)
+    rest = first + r.read()
+    events = [e[6:] for e in rest.decode().split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["usage"]["completion_tokens"] == 60
+    assert s.proc.wait(timeout=30) == 0
