@@ -86,6 +86,28 @@ struct LiveTests {
         }
     }
 
+    /// The graceful stop's drain: new requests get 503 and /health says so; a stream still
+    /// running at the deadline ends with an error event.
+    @Test func drainingRefusesNewWorkThenCancelsWhatRuns() async throws {
+        let engine = try fixtureEngine()
+        try await makeApplication(engine).test(.live) { client in
+            let port = try #require(client.port)
+            try await blocking {
+                let c = try RawHTTP(port: port)
+                c.request("POST", "/v1/completions", body: streamBody(seed: 3, maxTokens: 1_000_000))
+                c.read { $0.count > 300 }
+                engine.scheduler.beginDrain(seconds: 0.5)
+                #expect(try RawHTTP.fetch(port: port, "GET", "/health").status == 503)
+                let refused = try RawHTTP.fetch(port: port, "POST", "/v1/completions", body: jsonBody(["prompt": "x", "max_tokens": 2]))
+                #expect(refused.status == 503)
+                #expect(((try json(refused.body))["error"] as? [String: Any])?["code"] as? String == "shutting_down")
+                // The rest of the stream (raw, still chunked): an error event, no [DONE], then the close.
+                let rest = String(decoding: c.read(), as: UTF8.self)
+                #expect(c.closedByPeer && rest.contains("data: {\"error\"") && rest.contains("shutting_down") && !rest.contains("[DONE]"))
+            }
+        }
+    }
+
     @Test func aStalledRequestIsClosed() async throws {
         let engine = try fixtureEngine { $0.idleSeconds = 1 }
         try await makeApplication(engine).test(.live) { client in
