@@ -12,6 +12,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.19"),
+        // msgen serve: the HTTP server, its graceful stop and its /metrics.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.0"),
     ],
     targets: [
         // System libraries: module maps only, linked through pkg-config.
@@ -29,9 +33,19 @@ let package = Package(
         .target(name: "MSTokenizer", dependencies: ["MSFormat"]),
         .target(name: "MSModels", dependencies: ["MSFormat", "MSKernels"], exclude: ["README.md"]),
         .target(name: "MSGen", dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer"]),
+        // msgen serve: an OpenAI-compatible HTTP server over one copy of the weights.
+        .target(
+            name: "MSServe",
+            dependencies: [
+                "MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         .executableTarget(
             name: "msgen",
-            dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen", "MSServe", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // What the test targets share: running the built msgen binary.
         .target(name: "MSGenTestSupport", path: "Tests/Support"),
@@ -43,6 +57,10 @@ let package = Package(
             dependencies: ["MSFormat", "MSKernels", "MSModels", "msgen", "MSGenTestSupport"]
         ),
         .testTarget(name: "MSTokenizerTests", dependencies: ["MSTokenizer", "MSGen"]),
+        .testTarget(
+            name: "MSServeTests",
+            dependencies: ["MSServe", "MSGen", "MSModels", "MSFormat", "MSTokenizer", .product(name: "HummingbirdTesting", package: "hummingbird")]
+        ),
         // A toy architecture registered from outside MSModels, converted and scored.
         .testTarget(name: "ArchitectureTests", dependencies: ["MSModels", "MSFormat", "MSGen", "MSTokenizer", "msgen"]),
     ],

@@ -13,7 +13,7 @@ struct MSGenCommand: AsyncParsableCommand {
         looks like a mistyped subcommand is refused; `msgen -- WORDS` always generates.
         """,
         version: version,
-        subcommands: [Generate.self, Tokenize.self, PerplexityCommand.self, BenchCommand.self, Convert.self, Inspect.self, Classify.self],
+        subcommands: [Generate.self, Tokenize.self, PerplexityCommand.self, BenchCommand.self, Convert.self, Inspect.self, Classify.self, Serve.self],
         defaultSubcommand: Generate.self
     )
 

@@ -1,0 +1,3 @@
+import HummingbirdTesting
+import XCTest
+@testable import MSServe
