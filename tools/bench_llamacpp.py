@@ -118,8 +118,10 @@ def convert_all(msgen, ckpt, dtypes, env):
         m, g = ckpt.parent / f"{ckpt.name}-{dt}.msz", ckpt.parent / f"{ckpt.name}-{DTYPES[dt]}.gguf"
         src_time = (ckpt / "shape.json").stat().st_mtime
         if not m.exists() or m.stat().st_mtime < src_time:
-            subprocess.run([str(msgen), "convert", str(ckpt), "-o", str(m), "--dtype", dt], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
+            r = subprocess.run([str(msgen), "convert", str(ckpt), "-o", str(m), "--dtype", dt], env=env,
+                               capture_output=True, text=True)
+            if r.returncode:
+                sys.exit(f"bench_llamacpp: msgen convert failed: {r.stderr.strip()}")
         if not g.exists() or g.stat().st_mtime < m.stat().st_mtime:
             gguf_export.write(gguf_export.from_msz(m), g, DTYPES[dt], name=ckpt.name)
         files[dt] = (m, g)
@@ -207,12 +209,26 @@ def run_msgen(msgen, model, depths, threads, a, env):
     )
 
 
+_QUIET = None
+
+
+def silence_llamacpp():
+    """llama.cpp logs every model load to stderr, even with verbose=False; drop it."""
+    global _QUIET
+    import llama_cpp
+
+    _QUIET = llama_cpp.llama_log_callback(lambda level, text, user_data: None)  # kept alive here
+    llama_cpp.llama_log_set(_QUIET, ctypes.c_void_p())
+
+
 def run_llamacpp(gguf_path, depths, threads, a, vocab):
     from llama_cpp import Llama
 
     n_ctx = max(depths) + a.decode_tokens * a.repetitions + 8
-    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=2048, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
+    # n_batch 2048 / n_ubatch 512 and flash attention are llama.cpp's own defaults (llama-bench,
+    # llama-server: flash attention "auto", on for a CPU); llama-cpp-python would turn it off.
+    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=2048, n_ubatch=512, n_threads=threads,
+                n_threads_batch=threads, flash_attn=a.flash_attn, verbose=False)
     out = dict(prefill={}, decode={})
     try:
         for depth in depths:
@@ -249,6 +265,7 @@ def llamacpp_info():
 # Report
 
 def print_table(results, depths, threads_list, bandwidth, weight_bytes):
+    deepest = max(depths)
     print("\ndecode tokens/s (higher is better); limit = weight bytes per token / measured read bandwidth")
     head = f"{'dtype':5s} {'thr':>3s} " + " ".join(f"{'@' + str(d):>7s} {'msgen':>7s} {'llama':>7s} {'ratio':>5s} " for d in depths)
     print(head + f"{'limit':>7s}  msgen/limit llama/limit")
@@ -264,7 +281,8 @@ def print_table(results, depths, threads_list, bandwidth, weight_bytes):
             best_l = max(l["decode"].values(), default=None)
             row += f"{limit:7.1f}  {pct(best_m, limit):>11s} {pct(best_l, limit):>11s}"
             print(row)
-    print("  (x/limit: the better of the two depths; at depth 1,024 the KV cache adds reads the limit leaves out)")
+    print(f"  (x/limit: the better of the depths; the deeper the prompt, the more KV cache each token reads on top of"
+          f" the weights, e.g. at {deepest}: msgen {fmt_mb(results, 'msgen', deepest)})")
     print("\nprompt processing tokens/s (prefill of the whole prompt from an empty cache)")
     print(f"{'dtype':5s} {'thr':>3s} " + " ".join(f"{str(d) + ' tok':>8s} {'msgen':>7s} {'llama':>7s} {'ratio':>5s}" for d in depths))
     for dt in results:
@@ -275,6 +293,16 @@ def print_table(results, depths, threads_list, bandwidth, weight_bytes):
                 mp, lp = m["prefill"].get(d), l["prefill"].get(d)
                 row += f"{'':8s} {fmt(mp):>7s} {fmt(lp):>7s} {ratio(mp, lp):>5s}"
             print(row)
+
+
+def fmt_mb(results, side, depth):
+    """msgen's cache bytes at `depth` (from its bench JSON), as text."""
+    for per_dtype in results.values():
+        for r in per_dtype.values():
+            b = r[side].get("cache_bytes", {}).get(depth)
+            if b is not None:
+                return f"{b / 1e6:.1f} MB"
+    return "?"
 
 
 def fmt(x):
@@ -298,6 +326,8 @@ def main():
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
     ap.add_argument("--repetitions", type=int, default=None, help="default 3 (1 with --quick)")
     ap.add_argument("--decode-tokens", type=int, default=None, help="default 32 (4 with --quick)")
+    ap.add_argument("--no-flash-attn", dest="flash_attn", action="store_false",
+                    help="run llama.cpp without flash attention (llama-cpp-python's default; llama.cpp's is on)")
     ap.add_argument("--native-openblas", action="store_true",
                     help="run msgen without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (OpenBLAS picks its own kernels)")
     ap.add_argument("--work", type=Path, default=WORK, help="where the model files are kept (default tools/runs/bench-llamacpp)")
@@ -318,6 +348,7 @@ def main():
         sys.exit(f"bench_llamacpp: depth {max(a.depths)} + {a.repetitions}×{a.decode_tokens} decoded tokens is past the model's "
                  f"{shape['n_positions']} positions")
     env = msgen_env(a.native_openblas)
+    silence_llamacpp()
     a.work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     ckpt = make_checkpoint(shape, a.work / ("tiny" if a.quick else "gpt2-small"))
@@ -337,7 +368,7 @@ def main():
     print(f"msgen {version} ({a.msgen}); CPU flags: {cpu_flags()}")
     print(f"  OpenBLAS for msgen{' (--native-openblas)' if a.native_openblas else ''}: {openblas_core(env)};"
           f" env {' '.join(f'{k}={env[k]}' for k in OPENBLAS_TUNING if k in env) or '(no OpenBLAS tuning variables)'}")
-    print(f"llama.cpp: {llamacpp_info()}")
+    print(f"llama.cpp: {llamacpp_info()}; flash attention {'on' if a.flash_attn else 'off'}, KV cache f16, n_ubatch 512")
 
     results = {}
     for dt in a.dtypes:

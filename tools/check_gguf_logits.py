@@ -73,7 +73,7 @@ def prefix_within(tokenizer_json, text, context):
 def compare(name, a, b):
     diff = np.abs(a - b)
     rel_nll = abs(a.sum() - b.sum()) / abs(b.sum())
-    print(f"  {name:28s} max |Δ logprob| {diff.max():.2e}  mean {diff.mean():.2e}   NLL {-a.sum():.5f} vs {-b.sum():.5f}"
+    print(f"  {name:40s} max |Δ logprob| {diff.max():.2e}  mean {diff.mean():.2e}   NLL {-a.sum():.5f} vs {-b.sum():.5f}"
           f"  (relative {rel_nll:.1e})")
     return rel_nll
 
@@ -89,11 +89,16 @@ def check_msz(a):
     m_ids, m_lp = msgen_logprobs(a.msgen, a.model, work / "text.txt", len(ids))
     if list(m_ids) != ids[1:]:
         sys.exit("msgen tokenized the text differently from the tokenizers library; the comparison would be meaningless")
-    l_lp = token_logprobs(llamacpp_logits(gguf_path, ids, m.vocab_size), ids)
-    ref = {act: token_logprobs(reference_logits(m, ids, act), ids) for act in ("gelu", "gelu_tanh")}
+    l_logits = llamacpp_logits(gguf_path, ids, m.vocab_size)
+    l_lp = token_logprobs(l_logits, ids)
+    acts = ("gelu", "gelu_tanh", "gelu_tanh_f16")
+    ref_logits = {act: reference_logits(m, ids, act) for act in acts}
+    ref = {act: token_logprobs(ref_logits[act], ids) for act in acts}
     compare("msgen vs reference(erf)", m_lp, ref["gelu"])
-    compare("llama.cpp vs reference(tanh)", l_lp, ref["gelu_tanh"])
-    compare("llama.cpp vs reference(erf)", l_lp, ref["gelu"])
+    for act, label in zip(acts, ("erf", "tanh", "tanh, f16 table")):
+        compare(f"llama.cpp vs reference({label})", l_lp, ref[act])
+        rel = np.abs(l_logits - ref_logits[act]).max() / np.abs(ref_logits[act]).max()
+        print(f"  {'':28s} full logits: max |Δ| / max |logit| = {rel:.2e}")
     compare("reference: tanh vs erf", ref["gelu_tanh"], ref["gelu"])
     return compare("msgen vs llama.cpp", m_lp, l_lp)
 
@@ -108,12 +113,13 @@ def check_hf_fixture(fixture):
         gguf_path = Path(d) / "gpt2-f32.gguf"
         gguf_export.write(m, gguf_path, "f32")
         logits = llamacpp_logits(gguf_path, ids, m.vocab_size)
-    ref = reference_logits(m, ids)
     g = golden["logits"].astype(np.float64)
     scale = np.abs(g).max()
     print(f"{fixture} (HF GPT-2, {m.activation}): {len(ids)} tokens, logits up to {scale:.1f} in magnitude")
     print(f"  llama.cpp vs transformers: max |Δ logit| / max |logit| = {np.abs(logits - g).max() / scale:.2e}")
-    print(f"  reference vs transformers: max |Δ logit| / max |logit| = {np.abs(ref - g).max() / scale:.2e}")
+    for act in ("gelu_tanh", "gelu_tanh_f16"):
+        ref = reference_logits(m, ids, act)
+        print(f"  reference({act}) vs transformers {np.abs(ref - g).max() / scale:.2e}, vs llama.cpp {np.abs(ref - logits).max() / scale:.2e}")
     return np.abs(logits - g).max() / scale
 
 

@@ -13,9 +13,17 @@ from .gguf_export import as_f32
 
 
 def gelu(x, kind):
-    """GELU in float64: "gelu_tanh" (GPT-2's gelu_new) or "gelu" (erf, via math.erf: exact)."""
+    """GELU in float64: "gelu_tanh" (GPT-2's gelu_new), "gelu" (erf, via math.erf: exact), or
+    "gelu_tanh_f16" (what ggml's CPU code computes with GGML_GELU_FP16: the tanh GELU read
+    from a table indexed by the input rounded to f16, the result itself an f16; inputs
+    beyond ±10 pass through as x or 0)."""
     if kind == "gelu_tanh":
         return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    if kind == "gelu_tanh_f16":
+        table = gelu(x.astype(np.float16).astype(np.float64), "gelu_tanh").astype(np.float16).astype(np.float64)
+        return np.where(x <= -10, 0.0, np.where(x >= 10, x, table))
+    if kind != "gelu":
+        raise ValueError(f"unknown activation {kind}")
     return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
 
 
