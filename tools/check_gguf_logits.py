@@ -49,6 +49,15 @@ def llamacpp_logits(gguf_path, ids, vocab):
     return logits
 
 
+def llamacpp_tokenize(gguf_path, text):
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    ids = llm.tokenize(text.encode(), add_bos=False, special=False)
+    llm.close() if hasattr(llm, "close") else None
+    return ids
+
+
 def msgen_logprobs(msgen, model, text_path, context):
     r = subprocess.run([str(msgen), "perplexity", str(text_path), "--model", str(model), "--context", str(context),
                         "--json", "--per-token", "--threads", "1"], check=True, capture_output=True, text=True)
@@ -89,6 +98,8 @@ def check_msz(a):
     m_ids, m_lp = msgen_logprobs(a.msgen, a.model, work / "text.txt", len(ids))
     if list(m_ids) != ids[1:]:
         sys.exit("msgen tokenized the text differently from the tokenizers library; the comparison would be meaningless")
+    l_ids = llamacpp_tokenize(gguf_path, text)
+    print(f"  llama.cpp tokenizes the text {'identically' if l_ids == ids else 'DIFFERENTLY'} (GGUF vocabulary and merges)")
     l_logits = llamacpp_logits(gguf_path, ids, m.vocab_size)
     l_lp = token_logprobs(l_logits, ids)
     acts = ("gelu", "gelu_tanh", "gelu_tanh_f16")
