@@ -253,7 +253,7 @@ def run_llamacpp(gguf_path, depths, threads, a, vocab):
                 per_token.append((time.perf_counter() - t0) / a.decode_tokens)
             out["decode"][depth] = 1 / min(per_token)
     finally:
-        llm.close() if hasattr(llm, "close") else None
+        llm.close()
     return out
 
 

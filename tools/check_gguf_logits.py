@@ -45,7 +45,7 @@ def llamacpp_logits(gguf_path, ids, vocab):
                 logits_all=True, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False)
     llm.eval(ids)
     logits = np.array(llm.scores[:len(ids), :vocab], dtype=np.float64)
-    llm.close() if hasattr(llm, "close") else None
+    llm.close()
     return logits
 
 
@@ -54,7 +54,7 @@ def llamacpp_tokenize(gguf_path, text):
 
     llm = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
     ids = llm.tokenize(text.encode(), add_bos=False, special=False)
-    llm.close() if hasattr(llm, "close") else None
+    llm.close()
     return ids
 
 
@@ -88,9 +88,13 @@ def compare(name, a, b):
 
 
 def check_msz(a):
+    with tempfile.TemporaryDirectory(prefix="check-gguf-") as d:
+        return check_msz_in(a, Path(d))
+
+
+def check_msz_in(a, work):
     m = gguf_export.from_msz(a.model)
     text, ids = prefix_within(m.tokenizer_json, a.text.read_text(), m.context)
-    work = Path(tempfile.mkdtemp(prefix="check-gguf-"))
     (work / "text.txt").write_text(text)
     gguf_path = work / "model-f32.gguf"
     gguf_export.write(m, gguf_path, "f32")
