@@ -4,19 +4,6 @@ import MSModels
 import MSTokenizer
 import Synchronization
 
-/// The one place the server runs the model for decoding: every active sequence's next
-/// token in one call, the logits of sequence i in row i (`vocabSize` floats each).
-///
-/// For now one `step` per sequence; this is the single call site where the batched model
-/// step (`model.step(tokens, caches:)`, projections and MLP as matrix–matrix products
-/// over the batch) goes.
-func stepBatch(_ model: LanguageModel, tokens: [Int], caches: [DecoderCache]) -> [Float] {
-    var logits: [Float] = []
-    logits.reserveCapacity(tokens.count * model.config.vocabSize)
-    for (token, cache) in zip(tokens, caches) { logits += model.step(token, cache: cache) }
-    return logits
-}
-
 /// What a sequence sends to the request that owns it, in order: tokens, then one `end`
 /// (or one `failed`).
 enum SequenceEvent: Sendable {
@@ -177,7 +164,9 @@ final class Scheduler: @unchecked Sendable {
             publishCounts()
             guard !running.isEmpty else { continue }
             let V = model.config.vocabSize
-            let logits = stepBatch(model, tokens: running.map(\.lastToken), caches: running.map { $0.cache! })
+            // Every active sequence's next token in one batched pass (the projections and the MLP
+            // as matrix–matrix products over the batch): row i is sequence i's logits.
+            let logits = model.step(running.map(\.lastToken), caches: running.map { $0.cache! })
             for (i, s) in running.enumerated() { s.logits = Array(logits[(i * V)..<((i + 1) * V)]) }
             metrics.stepBatchSize.record(Double(running.count))
         }

@@ -1,0 +1,402 @@
+"""msgen vs llama.cpp on the same GPT-2-small-shaped weights, side by side in one run.
+
+    .venv/bin/python tools/bench_llamacpp.py [--msgen PATH] [--quick] [--threads 1 2] [--native-openblas]
+
+Needs the `bench` extra (pip install -e 'tools[bench]': gguf, llama-cpp-python).
+
+1. A GPT-2-small-shaped model with random weights (speed does not depend on their
+   values) is made with `transformers` and saved with save_pretrained under
+   tools/runs/bench-llamacpp/ (git-ignored; reused by later runs): 12 layers, d_model 768,
+   12 heads, d_ff 3072, vocab 50,257, tied embeddings, 2,048 learned positions (GPT-2 has
+   1,024; decoding 96 timed tokens after a 1,024-token prompt needs more). Its
+   tokenizer.json is a synthetic byte-level BPE of 50,257 tokens (256 bytes, 50,000
+   two-byte merges, <|endoftext|>): valid for both runtimes, and irrelevant to the timing.
+2. `msgen convert DIR -o X.msz --dtype f32|f16|q8`, then each .msz is written as GGUF
+   (F32, F16, Q8_0) by msgen_tools.gguf_export, so both sides run identical weights (a q8
+   block is ggml's block_q8_0, copied byte for byte).
+3. For each dtype and thread count: msgen via `msgen bench --json` and llama.cpp via
+   llama-cpp-python (Llama.eval of the prompt, then single-token evals), both with the
+   same token ids, the same depths and the same rules (prefill: the best of --repetitions
+   runs from an empty cache; decode: one prefill to the depth, then --repetitions runs of
+   --decode-tokens tokens, the best of their per-token times). Best, not median: other
+   work on the machine only ever slows a run down, so the best run is the least disturbed.
+4. The memory-bandwidth limit: the weight bytes each decoded token reads (every matrix and
+   vector once; the tied embedding is the LM head; position rows aside) divided by this
+   machine's read bandwidth, measured here with numpy sums over a buffer far larger than
+   the L3 cache (best of several, per thread count). KV-cache reads come on top of it.
+
+Prints a table with msgen/llama.cpp ratios, which kernels each side used (llama.cpp's
+system_info; msgen's version, the CPU's SIMD flags and the OpenBLAS core it picks) and
+writes tools/runs/bench-llamacpp/results.json. --quick is a smoke run of the whole
+pipeline on a tiny model (seconds).
+"""
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from msgen_tools import gguf_export  # noqa: E402
+
+DEFAULT_MSGEN = Path("/work/main/.build/release/msgen")
+WORK = ROOT / "tools" / "runs" / "bench-llamacpp"
+# msgen dtype -> GGUF dtype
+DTYPES = {"f32": "f32", "f16": "f16", "q8": "q8_0"}
+GPT2_SMALL = dict(vocab_size=50257, n_positions=2048, n_embd=768, n_layer=12, n_head=12)
+TINY = dict(vocab_size=50257, n_positions=256, n_embd=128, n_layer=2, n_head=4)
+OPENBLAS_TUNING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+
+def bytes_to_unicode():
+    """GPT-2's byte -> printable character table (the byte-level BPE alphabet), by byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def synthetic_tokenizer(vocab_size):
+    """tokenizer.json text: byte-level BPE with the 256 bytes, vocab_size − 257 merges of two
+    bytes each, and <|endoftext|> as the last id (as GPT-2's 50,256)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = [bytes_to_unicode()[b] for b in range(256)]
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    merges = []
+    for a in alphabet:
+        for b in alphabet:
+            if len(vocab) == vocab_size - 1:
+                break
+            merges.append((a, b))
+            vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    assert tok.get_vocab_size() == vocab_size
+    return tok.to_str()
+
+
+def make_checkpoint(shape, out):
+    """A random-weight GPT-2 of `shape`, saved with save_pretrained (reused if already there)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    marker = out / "shape.json"
+    if marker.exists() and json.loads(marker.read_text()) == shape:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    torch.manual_seed(0)
+    cfg = GPT2Config(**shape, bos_token_id=shape["vocab_size"] - 1, eos_token_id=shape["vocab_size"] - 1)
+    GPT2LMHeadModel(cfg).save_pretrained(out, safe_serialization=True)
+    (out / "tokenizer.json").write_text(synthetic_tokenizer(shape["vocab_size"]))
+    (out / "generation_config.json").unlink(missing_ok=True)
+    marker.write_text(json.dumps(shape))
+    return out
+
+
+def convert_all(msgen, ckpt, dtypes, env):
+    """{dtype: (msz path, gguf path)}, both made from the same checkpoint (reused if newer)."""
+    files = {}
+    for dt in dtypes:
+        m, g = ckpt.parent / f"{ckpt.name}-{dt}.msz", ckpt.parent / f"{ckpt.name}-{DTYPES[dt]}.gguf"
+        src_time = (ckpt / "shape.json").stat().st_mtime
+        if not m.exists() or m.stat().st_mtime < src_time:
+            r = subprocess.run([str(msgen), "convert", str(ckpt), "-o", str(m), "--dtype", dt], env=env,
+                               capture_output=True, text=True)
+            if r.returncode:
+                sys.exit(f"bench_llamacpp: msgen convert failed: {r.stderr.strip()}")
+        if not g.exists() or g.stat().st_mtime < m.stat().st_mtime:
+            gguf_export.write(gguf_export.from_msz(m), g, DTYPES[dt], name=ckpt.name)
+        files[dt] = (m, g)
+    return files
+
+
+# ---------------------------------------------------------------------------------------
+# The machine
+
+def read_bandwidth(threads, mib=1024, repetitions=5):
+    """Best read bandwidth (bytes/s) of `threads` threads summing their share of a buffer of
+    `mib` MiB (≫ the L3 cache). numpy releases the GIL inside the sum, so threads overlap."""
+    buf = np.ones(mib * (1 << 20) // 4, dtype=np.float32)
+    parts = np.array_split(buf, threads)
+
+    def once():
+        ts = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return time.perf_counter() - t0
+
+    once()  # page in
+    return buf.nbytes / min(once() for _ in range(repetitions))
+
+
+def cpu_flags():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+        else:
+            return ""
+    wanted = ["sse4_2", "avx", "f16c", "fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile"]
+    return " ".join(f for f in wanted if f in flags)
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def openblas_core(env):
+    """The OpenBLAS build and the core it picks under `env` (msgen's sgemm), in a fresh process."""
+    code = ("import ctypes; b = ctypes.CDLL('libopenblas.so.0'); b.openblas_get_config.restype = ctypes.c_char_p;"
+            "b.openblas_get_corename.restype = ctypes.c_char_p;"
+            "print(b.openblas_get_config().decode(), '| core:', b.openblas_get_corename().decode())")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return r.stdout.strip() or r.stderr.strip()
+
+
+def msgen_env(native_openblas):
+    env = dict(os.environ)
+    if native_openblas:
+        for k in OPENBLAS_TUNING:
+            env.pop(k, None)
+    return env
+
+
+# ---------------------------------------------------------------------------------------
+# The two runtimes
+
+def bench_tokens(n, vocab, offset=0):
+    """The token ids `msgen bench` uses (Sources/MSGen/Bench.swift), so both sides see the same prompt."""
+    return [((i + offset) * 2_654_435_761) % vocab for i in range(n)]
+
+
+def run_msgen(msgen, model, depths, threads, a, env):
+    cmd = [str(msgen), "bench", "--model", str(model), "--context", *map(str, depths), "--threads", str(threads),
+           "--repetitions", str(a.repetitions), "--decode-tokens", str(a.decode_tokens), "--json"]
+    r = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    j = json.loads(r.stdout)
+    return dict(
+        prefill={p["tokens"]: p["tokens"] / p["seconds"]["min"] for p in j["prefill"]},
+        decode={d["depth"]: 1 / d["seconds_per_token"]["min"] for d in j["decode"]},
+        cache_bytes={d["depth"]: d["cache_bytes"] for d in j["decode"]},
+        resident_weight_bytes=j.get("weight_bytes"), peak_rss=j.get("peak_rss_bytes"),
+        extra={k: v for k, v in j.items() if k not in ("prefill", "decode", "model")},
+    )
+
+
+_QUIET = None
+
+
+def silence_llamacpp():
+    """llama.cpp logs every model load to stderr, even with verbose=False; drop it."""
+    global _QUIET
+    import llama_cpp
+
+    _QUIET = llama_cpp.llama_log_callback(lambda level, text, user_data: None)  # kept alive here
+    llama_cpp.llama_log_set(_QUIET, ctypes.c_void_p())
+
+
+def run_llamacpp(gguf_path, depths, threads, a, vocab):
+    from llama_cpp import Llama
+
+    n_ctx = max(depths) + a.decode_tokens * a.repetitions + 8
+    # n_batch 2048 / n_ubatch 512 and flash attention are llama.cpp's own defaults (llama-bench,
+    # llama-server: flash attention "auto", on for a CPU); llama-cpp-python would turn it off.
+    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=2048, n_ubatch=512, n_threads=threads,
+                n_threads_batch=threads, flash_attn=a.flash_attn, verbose=False)
+    out = dict(prefill={}, decode={})
+    try:
+        for depth in depths:
+            prompt = bench_tokens(depth, vocab)
+            times = []
+            for _ in range(a.repetitions):
+                llm.reset()
+                t0 = time.perf_counter()
+                llm.eval(prompt)
+                times.append(time.perf_counter() - t0)
+            out["prefill"][depth] = depth / min(times)
+            llm.reset()
+            llm.eval(prompt)
+            nxt = bench_tokens(a.decode_tokens * a.repetitions, vocab, offset=depth)
+            per_token = []
+            for r in range(a.repetitions):
+                t0 = time.perf_counter()
+                for t in nxt[r * a.decode_tokens:(r + 1) * a.decode_tokens]:
+                    llm.eval([t])
+                per_token.append((time.perf_counter() - t0) / a.decode_tokens)
+            out["decode"][depth] = 1 / min(per_token)
+    finally:
+        llm.close()
+    return out
+
+
+def llamacpp_info():
+    import llama_cpp
+
+    return f"llama-cpp-python {llama_cpp.__version__}: {llama_cpp.llama_print_system_info().decode().strip()}"
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+def print_table(results, depths, threads_list, bandwidth, weight_bytes):
+    deepest = max(depths)
+    print("\ndecode tokens/s (best run; higher is better); limit = weight bytes per token / measured read bandwidth")
+    head = f"{'dtype':5s} {'thr':>3s} " + " ".join(f"{'@' + str(d):>7s} {'msgen':>7s} {'llama':>7s} {'ratio':>5s} " for d in depths)
+    print(head + f"{'limit':>7s}  msgen/limit llama/limit")
+    for dt in results:
+        for t in threads_list:
+            m, l = results[dt][t]["msgen"], results[dt][t]["llama"]
+            limit = bandwidth[t] / weight_bytes[dt]
+            row = f"{dt:5s} {t:3d} "
+            for d in depths:
+                md, ld = m["decode"].get(d), l["decode"].get(d)
+                row += f"{'':7s} {fmt(md):>7s} {fmt(ld):>7s} {ratio(md, ld):>5s} "
+            best_m = max(m["decode"].values(), default=None)
+            best_l = max(l["decode"].values(), default=None)
+            row += f"{limit:7.1f}  {pct(best_m, limit):>11s} {pct(best_l, limit):>11s}"
+            print(row)
+    print(f"  (x/limit: the better of the depths; the deeper the prompt, the more KV cache each token reads on top of"
+          f" the weights, e.g. at {deepest}: msgen {fmt_mb(results, 'msgen', deepest)})")
+    print("\nprompt processing tokens/s (best run; the whole prompt from an empty cache)")
+    print(f"{'dtype':5s} {'thr':>3s} " + " ".join(f"{str(d) + ' tok':>8s} {'msgen':>7s} {'llama':>7s} {'ratio':>5s}" for d in depths))
+    for dt in results:
+        for t in threads_list:
+            m, l = results[dt][t]["msgen"], results[dt][t]["llama"]
+            row = f"{dt:5s} {t:3d} "
+            for d in depths:
+                mp, lp = m["prefill"].get(d), l["prefill"].get(d)
+                row += f"{'':8s} {fmt(mp):>7s} {fmt(lp):>7s} {ratio(mp, lp):>5s}"
+            print(row)
+
+
+def fmt_mb(results, side, depth):
+    """msgen's cache bytes at `depth` (from its bench JSON), as text."""
+    for per_dtype in results.values():
+        for r in per_dtype.values():
+            b = r[side].get("cache_bytes", {}).get(depth)
+            if b is not None:
+                return f"{b / 1e6:.1f} MB"
+    return "?"
+
+
+def fmt(x):
+    return "-" if x is None else f"{x:.1f}" if x < 1000 else f"{x:.0f}"
+
+
+def ratio(a, b):
+    return "-" if a is None or b is None else f"{a / b:.2f}"
+
+
+def pct(a, b):
+    return "-" if a is None else f"{a / b:.0%}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--msgen", type=Path, default=DEFAULT_MSGEN, help=f"msgen binary (default {DEFAULT_MSGEN})")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny model, short prompts, one repetition")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--depths", type=int, nargs="+", default=None, help="prompt lengths (default 128 1024)")
+    ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    ap.add_argument("--repetitions", type=int, default=None, help="default 3 (1 with --quick)")
+    ap.add_argument("--decode-tokens", type=int, default=None, help="default 32 (4 with --quick)")
+    ap.add_argument("--no-flash-attn", dest="flash_attn", action="store_false",
+                    help="run llama.cpp without flash attention (llama-cpp-python's default; llama.cpp's is on)")
+    ap.add_argument("--native-openblas", action="store_true",
+                    help="run msgen without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (OpenBLAS picks its own kernels)")
+    ap.add_argument("--work", type=Path, default=WORK, help="where the model files are kept (default tools/runs/bench-llamacpp)")
+    a = ap.parse_args()
+    a.depths = a.depths or ([16, 64] if a.quick else [128, 1024])
+    a.repetitions = a.repetitions or (1 if a.quick else 3)
+    a.decode_tokens = a.decode_tokens or (4 if a.quick else 32)
+    if not a.msgen.exists():
+        sys.exit(f"bench_llamacpp: no msgen binary at {a.msgen} (build it with `swift build -c release` or pass --msgen)")
+    try:
+        import gguf  # noqa: F401
+        import llama_cpp  # noqa: F401
+    except ImportError as e:
+        sys.exit(f"bench_llamacpp: {e.name} is missing: pip install -e 'tools[bench]'")
+
+    shape = TINY if a.quick else GPT2_SMALL
+    if max(a.depths) + a.repetitions * a.decode_tokens > shape["n_positions"]:
+        sys.exit(f"bench_llamacpp: depth {max(a.depths)} + {a.repetitions}×{a.decode_tokens} decoded tokens is past the model's "
+                 f"{shape['n_positions']} positions")
+    env = msgen_env(a.native_openblas)
+    silence_llamacpp()
+    a.work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    ckpt = make_checkpoint(shape, a.work / ("tiny" if a.quick else "gpt2-small"))
+    files = convert_all(a.msgen, ckpt, a.dtypes, env)
+    weight_bytes = {dt: gguf_export.decode_bytes_per_token(files[dt][1]) for dt in a.dtypes}
+    measured = {t: read_bandwidth(t, mib=256 if a.quick else 1024) for t in sorted(set(a.threads) | {1})}
+    # T threads can always read at least as fast as fewer threads (on a busy machine a
+    # second thread may find no free core), so each limit uses the best of up to T threads.
+    bandwidth = {t: max(bw for k, bw in measured.items() if k <= t) for t in a.threads}
+
+    load = os.getloadavg()
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+          f"{'  (the machine is busy: figures are noisy)' if load[0] > 0.5 * os.cpu_count() else ''}")
+    print(f"model: {ckpt.name} {shape}, tied embeddings, random weights")
+    for t, bw in measured.items():
+        print(f"read bandwidth, {t} thread(s): {bw / 1e9:.1f} GB/s (numpy sum over {256 if a.quick else 1024} MiB, best of 5)")
+    for dt in a.dtypes:
+        print(f"weight bytes per token, {dt}: {weight_bytes[dt] / 1e6:.1f} MB")
+    version = subprocess.run([str(a.msgen), "--version"], capture_output=True, text=True, env=env).stdout.strip()
+    print(f"msgen {version} ({a.msgen}); CPU flags: {cpu_flags()}")
+    print(f"  OpenBLAS for msgen{' (--native-openblas)' if a.native_openblas else ''}: {openblas_core(env)};"
+          f" env {' '.join(f'{k}={env[k]}' for k in OPENBLAS_TUNING if k in env) or '(no OpenBLAS tuning variables)'}")
+    print(f"llama.cpp: {llamacpp_info()}; flash attention {'on' if a.flash_attn else 'off'}, KV cache f16, n_ubatch 512")
+
+    results = {}
+    for dt in a.dtypes:
+        msz_path, gguf_path = files[dt]
+        results[dt] = {}
+        for t in a.threads:
+            m = run_msgen(a.msgen, msz_path, a.depths, t, a, env)
+            ll = run_llamacpp(gguf_path, a.depths, t, a, shape["vocab_size"])
+            results[dt][t] = dict(msgen=m, llama=ll)
+            print(f"  {dt} {t} thread(s): msgen decode {', '.join(fmt(v) for v in m['decode'].values())} tok/s, "
+                  f"llama.cpp {', '.join(fmt(v) for v in ll['decode'].values())} tok/s", flush=True)
+    print_table(results, a.depths, a.threads, bandwidth, weight_bytes)
+    if results:
+        any_m = next(iter(next(iter(results.values())).values()))["msgen"]
+        print(f"\nmsgen resident weight bytes (bench's weight_bytes): "
+              + ", ".join(f"{dt} {results[dt][a.threads[0]]['msgen']['resident_weight_bytes'] / 1e6:.0f} MB" for dt in results)
+              + f"; cache bytes at depth {', '.join(f'{d}: {b / 1e6:.1f} MB' for d, b in any_m['cache_bytes'].items())}")
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+    (a.work / ("results-quick.json" if a.quick else "results.json")).write_text(json.dumps(dict(
+        shape=shape, depths=a.depths, threads=a.threads, repetitions=a.repetitions, decode_tokens=a.decode_tokens,
+        bandwidth=measured, weight_bytes=weight_bytes, load_average=load, results=results,
+        llamacpp=llamacpp_info(), msgen=version, cpu_flags=cpu_flags()), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
