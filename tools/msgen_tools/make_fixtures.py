@@ -295,7 +295,9 @@ def write_readme(golden: Path, index):
              "splits can be checked at every k. The tokenizer was trained on the first 2,000 KJV verses (300",
              "tokens; encoders add a [CLS] special token). cst_a2_shared_untied_past_context writes a minimal",
              "config.json (keys equal to their §4 default left out) to exercise default handling; its T=40 runs",
-             "past the context N=16, where the logits follow the §1 rule (last G-1 summaries, re-indexed).", "",
+             "past the context N=16, where the logits follow the §1 rule (last G-1 summaries, re-indexed).",
+             "The retina fixtures (§8 c, no context limit) run 3-11 times their reach w·L·k^(M−1), so the oldest",
+             "blocks of every level have rolled off; they use the first 40 verses as text.", "",
              "| fixture | architecture | key settings | input | logit std |", "|---|---|---|---|---|"]
     for name, cfg, inp, logits in index:
         keys = ("d_model", "n_heads", "slice_length", "extension_ratio", "max_slices", "max_positions",

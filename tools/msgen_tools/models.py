@@ -374,10 +374,10 @@ class CSTAttention(nn.Module):
 
 
 class CSTBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0, attention=None):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.attn = CSTAttention(cfg)
+        self.attn = (attention or CSTAttention)(cfg)
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(dropout)
@@ -460,9 +460,10 @@ class RetinaAttention(CSTAttention):
 
 
 class RetinaBlock(CSTBlock):
+    """CST's block with retina attention; forward(h, P_l, P_levels)."""
+
     def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
-        super().__init__(cfg, dropout)
-        self.attn = RetinaAttention(cfg)
+        super().__init__(cfg, dropout, attention=RetinaAttention)
 
 
 class RetinaDecoder(Decoder):
