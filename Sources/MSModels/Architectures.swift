@@ -11,6 +11,10 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// Whether decoding may go on past `config.context` tokens (CST rolls its summaries;
     /// a model with absolute positions cannot).
     var canDecodePastContext: Bool { get }
+    /// Whether `perplexity` should score in one pass through the bounded cache (`--stream`)
+    /// unless a window is asked for: a model with no context limit (retina), whose
+    /// `config.context` is only a default window. False unless a model says otherwise.
+    var prefersStreaming: Bool { get }
     func makeCache() -> DecoderCache
     /// Runs `tokens` after the cache's current position in one batched pass and leaves
     /// exactly the state that decoding them one by one would. Returns the logits of the
@@ -25,6 +29,8 @@ public protocol LanguageModel: AnyObject, Sendable {
 }
 
 extension LanguageModel {
+    public var prefersStreaming: Bool { false }
+
     /// One token of one sequence.
     public func step(_ token: Int, cache: DecoderCache) -> [Float] { step([token], caches: [cache]) }
 
@@ -137,6 +143,7 @@ public enum Architectures {
         MSTransEncoder.architecture,
         TopDownDecoder.architecture,
         BottomUpDecoder.architecture,
+        RetinaDecoder.architecture,
     ]
     private static let lock = NSLock()
 

@@ -62,7 +62,7 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
         let o: Linear
         let globalQKV: Linear    // [Wgq; Wgk; Wgv], the same as qkv when shared
         let ffn: FeedForward
-        let plQ, plK: Floats     // P_l·Wqᵀ, P_l·Wkᵀ   [E+L, D]
+        let local: LocalAttention  // with P_l·Wqᵀ, P_l·Wkᵀ
         let pgQ, pgK: Floats     // P_g·Wgqᵀ, P_g·Wgkᵀ [G, D]
     }
 
@@ -89,7 +89,7 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
             let g = c.sharedLocalGlobal ? qkv : w.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
             // Positional parts of the projections, without bias: (u + P)·Wᵀ + b = u·Wᵀ + b + P·Wᵀ.
             return Layer(norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: FeedForward(w, prefix: p, config: c.common),
-                         plQ: qkv.rows(0..<D).withoutBias(pl.p, rows: E + L), plK: qkv.rows(D..<(2 * D)).withoutBias(pl.p, rows: E + L),
+                         local: LocalAttention(qkv: qkv, positions: pl, config: c.common, sliceLength: L, leftExtension: E),
                          pgQ: g.rows(0..<D).withoutBias(pg.p, rows: G), pgK: g.rows(D..<(2 * D)).withoutBias(pg.p, rows: G))
         }
         output = OutputHead(w, config: c.common, embedding: embedding)
@@ -124,7 +124,7 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
     public func prefill(_ tokens: [Int], cache: DecoderCache, logitsFor: Range<Int>) throws -> [Float] {
         let c = own(cache, as: CSTCache.self)
         try checkPrefill(tokens, at: c.position)
-        let T = tokens.count, p0 = c.position, (D, L, E, W) = (D, L, E, W)
+        let T = tokens.count, p0 = c.position, (D, L) = (D, L)
         guard T > 0 else { return [] }
         let first = p0 / L, last = (p0 + T - 1) / L       // the slices this chunk touches
         let completed = (p0 + T) / L - first              // of which the chunk completes
@@ -141,34 +141,8 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
             Kernels.layerNorm(h.p, rows: T, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
             l.qkv.apply(u.p, rows: T, into: qkv.p)
 
-            // Local attention, slice by slice (split over the threads): the window's keys
-            // with their P_l rows, the slice's queries with theirs, then per head the causal
-            // attention of the queries over the window as two small matrix products. Keys
-            // before p come from the ring; values are used in place when all are new.
-            Kernels.parallelFor(last - first + 1, minimum: 4) { range in
-                let wk = Floats(count: W * D), wv = Floats(count: W * D), q = Floats(count: L * D), scratch = Floats(count: L * W)
-                for t in range.map({ $0 + first }) {
-                    let ws = max(0, t * L - E), qs = max(p0, t * L), we = min(p0 + T, t * L + L)
-                    let fromRing = ws < p0
-                    for j in ws..<we {
-                        let raw = j < p0 ? (k: s.k.row(j % W, D), v: s.v.row(j % W, D)) : (k: qkv.row(j - p0, 3 * D) + D, v: qkv.row(j - p0, 3 * D) + 2 * D)
-                        Kernels.sum(raw.k, l.plK.row(E + j - t * L, D), into: wk.row(j - ws, D), count: D)
-                        if fromRing { wv.row(j - ws, D).update(from: raw.v, count: D) }
-                    }
-                    for i in qs..<we { Kernels.sum(qkv.row(i - p0, 3 * D), l.plQ.row(E + i - t * L, D), into: q.row(i - qs, D), count: D) }
-                    let values = fromRing ? (wv.p, D) : (qkv.row(ws - p0, 3 * D) + 2 * D, 3 * D)
-                    for hd in 0..<H {
-                        Kernels.causalAttention(queries: q.p + hd * dh, queryStride: D, keys: wk.p + hd * dh, keyStride: D,
-                                                values: values.0 + hd * dh, valueStride: values.1, start: qs - ws, count: we - qs,
-                                                headDim: dh, scale: scale, scratch: scratch.p, into: a.row(qs - p0, D) + hd * dh, outStride: D)
-                    }
-                }
-            }
-            // The ring keeps the raw keys and values of the last W tokens.
-            for j in max(p0, p0 + T - W)..<(p0 + T) {
-                s.k.row(j % W, D).update(from: qkv.row(j - p0, 3 * D) + D, count: D)
-                s.v.row(j % W, D).update(from: qkv.row(j - p0, 3 * D) + 2 * D, count: D)
-            }
+            // Local attention, slice by slice; the ring keeps the raw keys and values of the last W tokens.
+            l.local.chunk(qkv, from: p0, count: T, ringK: s.k, ringV: s.v, into: a)
             // Slice sums: a complete slice gives its summary m = mean of its a; the sum of
             // an incomplete one stays in the cache (the first slice's earlier tokens are
             // already in it).
@@ -227,8 +201,9 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
                 let wk = Floats(count: W * D, zeroed: false), wv = Floats(count: W * D, zeroed: false)
                 let q = Floats(count: D, zeroed: false), sc = Floats(count: W, zeroed: false)
                 for b in range {
-                    localAttention(l, cs[b].layers[li], position: cs[b].position, qkv: qkv.row(b, 3 * D),
-                                   keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
+                    let s = cs[b].layers[li]
+                    l.local.token(qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
+                                  keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
                 }
             }
             for b in 0..<B {
@@ -258,26 +233,6 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
         }
         for c in cs { c.position += 1 }
         return output.logits(h.p, rows: B)
-    }
-
-    /// Local attention of the token at `position` (its raw q, k, v in `qkv`), after
-    /// writing its key and value into the ring: over the tokens from its slice's start
-    /// less E (clipped at token 0) to itself, all of which the ring holds.
-    func localAttention(_ l: Layer, _ s: CSTCache.LayerState, position p: Int, qkv: UnsafePointer<Float>,
-                        keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, query: UnsafeMutablePointer<Float>,
-                        scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-        let r = p % L, first = max(0, p - r - E), n = p - first + 1
-        s.k.row(p % W, D).update(from: qkv + D, count: D)
-        s.v.row(p % W, D).update(from: qkv + 2 * D, count: D)
-        Kernels.sum(qkv, l.plQ.row(E + r, D), into: query, count: D)
-        for j in first...p {
-            Kernels.sum(s.k.row(j % W, D), l.plK.row(E + j - (p - r), D), into: keys + (j - first) * D, count: D)
-            (values + (j - first) * D).update(from: s.v.row(j % W, D), count: D)
-        }
-        for hd in 0..<H {
-            Kernels.attend(query: query + hd * dh, keys: keys + hd * dh, keyStride: D, values: values + hd * dh,
-                           valueStride: D, count: n, headDim: dh, scale: scale, scores: scores, into: out + hd * dh)
-        }
     }
 }
 

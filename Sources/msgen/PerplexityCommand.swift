@@ -58,6 +58,7 @@ struct PerplexityCommand: ParsableCommand {
         let file = try MSZFile(path: path)
         let lm = try loadLanguageModel(file)
         let tokenizer = try openTokenizer(file)
+        let stream = self.stream || (context == nil && lm.prefersStreaming)  // retina: no context limit, one pass by default
         let C = context ?? lm.config.context
         try check(C >= 2 && C <= lm.config.context, "--context must be between 2 and the model's context (\(lm.config.context))")
         let S = stride ?? C - 1
@@ -99,7 +100,7 @@ struct PerplexityCommand: ParsableCommand {
                     Terminal.progress(String(format: "%@ ETA %.0fs", (name as NSString).lastPathComponent, eta), done, all)
                 }
             } catch is CancellationError {
-                report(results, path: path, C: C, S: S, tokenizer: tokenizer, interrupted: true)
+                report(results, path: path, C: C, S: S, stream: stream, tokenizer: tokenizer, interrupted: true)
                 throw ExitCode(130)
             }
             // A model with non-finite weights gives nan; that is no perplexity to print.
@@ -111,7 +112,7 @@ struct PerplexityCommand: ParsableCommand {
                 results.append((name, ids, .failure(e)))
             }
         }
-        report(results, path: path, C: C, S: S, tokenizer: tokenizer, interrupted: false)
+        report(results, path: path, C: C, S: S, stream: stream, tokenizer: tokenizer, interrupted: false)
         if results.contains(where: { if case .failure = $0.outcome { true } else { false } }) { throw ExitCode(1) }
     }
 
@@ -125,7 +126,7 @@ struct PerplexityCommand: ParsableCommand {
     }
 
     /// Prints the results of the files scored (all of them, or those before Ctrl-C).
-    func report(_ all: [Scored], path: String, C: Int, S: Int, tokenizer: BPETokenizer, interrupted: Bool) {
+    func report(_ all: [Scored], path: String, C: Int, S: Int, stream: Bool, tokenizer: BPETokenizer, interrupted: Bool) {
         let scored = all.compactMap { s -> (name: String, ids: [Int], result: Scorer.Result)? in
             guard case .success(let r) = s.outcome else { return nil }
             return (s.name, s.ids, r)

@@ -8,6 +8,7 @@ func state(_ c: DecoderCache) -> [Float] {
     if let c = c as? CSTCache { return c.state }
     if let c = c as? KVCache { return c.state }
     if let c = c as? MultiScaleCache { return c.state }
+    if let c = c as? RetinaCache { return c.state }
     Issue.record("unknown cache \(type(of: c))")
     return []
 }
@@ -18,7 +19,8 @@ struct CacheTests {
     static let fixtures = DecoderTests.fixtures
 
     /// The fixture's tokens, cycled to 2·context + 3 for CST (past its context, where the
-    /// summaries roll) and cut to the context for the baseline.
+    /// summaries roll) and retina (twice its reach, where the oldest blocks roll off), and
+    /// cut to the context for the baseline.
     static func sequence(_ g: Golden, _ model: LanguageModel) -> [Int] {
         let n = model.canDecodePastContext ? 2 * g.config.context + 3 : min(g.ids.count, g.config.context)
         return (0..<n).map { g.ids[$0 % g.ids.count] }
@@ -38,9 +40,10 @@ struct CacheTests {
         let model = try decoder(g)
         let ids = Self.sequence(g, model)
         let reference = Self.oneByOne(model, ids)
-        // CST: around a slice; multi-scale: around the coarsest block (chunks that end
-        // mid-block, on it and past it)
+        // CST: around a slice; multi-scale and retina: around the coarsest block (chunks
+        // that end mid-block, on it and past it)
         let L = (try? CSTConfig(ConfigReader(g.json)).sliceLength)
+            ?? (try? RetinaConfig(ConfigReader(g.json))).map { $0.sliceLength * $0.slicesPerBlock($0.levels) }
             ?? (try? MultiScaleConfig(ConfigReader(g.json), architecture: g.config.architecture)).map { $0.blockSize($0.scales - 1) } ?? 4
         let N = g.config.context
         for chunk in Set([1, 2, 3, L - 1, L, L + 1, N, ids.count]).filter({ $0 >= 1 }).sorted() {

@@ -48,9 +48,10 @@ func decoder(_ g: Golden) throws -> LanguageModel {
     try Architectures.languageModel(config: g.json, tensors: g.tensors)
 }
 
-/// Every decoder (CST, the baseline, top-down and bottom-up) against the PyTorch reference.
+/// Every decoder (CST, the baseline, top-down, bottom-up and retina) against the PyTorch reference.
 struct DecoderTests {
     static let fixtures = Golden.names(prefix: "cst_") + Golden.names(prefix: "transformer_") + MultiScaleTests.fixtures
+        + RetinaTests.fixtures
 
     @Test func fixturesExist() { #expect(Self.fixtures.count >= 10) }
 

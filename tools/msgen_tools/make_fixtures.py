@@ -35,12 +35,12 @@ from . import corpus
 from . import tokenizer as tk
 from .export import export_checkpoint, load_checkpoint
 from .models import ModelConfig, build_model, layer_scales_from_alpha
-from .reference_loops import (bottom_up_forward_loop, cst_forward_loop, mstrans_forward_loop, top_down_forward_loop,
-                              transformer_forward_loop)
+from .reference_loops import (bottom_up_forward_loop, cst_forward_loop, mstrans_forward_loop, retina_forward_loop,
+                              top_down_forward_loop, transformer_forward_loop)
 
 LOOPS = {"cst-decoder": cst_forward_loop, "transformer-decoder": transformer_forward_loop,
          "ms-trans-encoder": mstrans_forward_loop, "top-down-decoder": top_down_forward_loop,
-         "bottom-up-decoder": bottom_up_forward_loop}
+         "bottom-up-decoder": bottom_up_forward_loop, "retina-decoder": retina_forward_loop}
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "Tests" / "Fixtures"
@@ -52,6 +52,7 @@ TINY_VOCAB = 300
 CST = dict(architecture="cst-decoder", n_layers=2, eos_token_id=0)
 TD = dict(architecture="top-down-decoder", eos_token_id=0)
 BU = dict(architecture="bottom-up-decoder", eos_token_id=0)
+RT = dict(architecture="retina-decoder", n_layers=2, eos_token_id=0)
 DECODERS = {
     "cst_a1_shared_tied_gelu": (dict(CST, d_model=16, n_heads=2, d_ff=32, slice_length=4, extension_ratio=1,
                                      max_slices=8, tie_embeddings=True, activation="gelu"), 27),
@@ -81,7 +82,19 @@ DECODERS = {
     "bottomup_k4_s2_tied_gelu_agg2": (dict(BU, d_model=24, n_heads=4, d_ff=48, pool_factor=4, scales=2,
                                            layers_per_scale=[1, 2], agg_layers=2, max_positions=32,
                                            tie_embeddings=True, norm_eps=1e-6), 12),
+    # §8 (c) retina: α = 1, 2, 3; M = 2, 3; k = 2, 4; w = 1, 2; each T several times the
+    # reach w·L·k^(M−1) (16, 8 and 64 tokens), where the oldest blocks have rolled off
+    "retina_a2_m2_k2_w2_shared_untied": (dict(RT, d_model=16, n_heads=2, d_ff=32, slice_length=4, extension_ratio=2,
+                                              levels=2, pool_factor=2, level_window=2), 100),
+    "retina_a3_m3_k2_w1_separate_tied_gelutanh": (dict(RT, d_model=24, n_heads=3, d_ff=48, slice_length=2,
+                                                       extension_ratio=3, levels=3, pool_factor=2, level_window=1,
+                                                       shared_local_global=False, tie_embeddings=True,
+                                                       activation="gelu_tanh"), 90),
+    "retina_a1_m3_k4_w2_shared_untied_L2": (dict(RT, d_model=16, n_heads=4, d_ff=32, slice_length=2, extension_ratio=1,
+                                                 levels=3, pool_factor=4, level_window=2, norm_eps=1e-6), 200),
 }
+# fixtures whose T needs more than the first six verses
+LONG_TEXT_LINES = 40
 MINIMAL_CONFIG = {"cst_a2_shared_untied_past_context"}
 ENC = dict(architecture="ms-trans-encoder", labels=["negative", "neutral", "positive"])
 ENCODERS = {
@@ -252,9 +265,14 @@ def make_all(fixtures: Path = FIXTURES, data: Path = corpus.DEFAULT_OUT):
     tiny = tiny_tokenizer(train_txt)
     text = " ".join(train_txt.read_text().splitlines()[:6])
     index = []
+    long_text = " ".join(train_txt.read_text().splitlines()[:LONG_TEXT_LINES])
     for name, (over, T) in DECODERS.items():
-        out, logits = make_decoder(name, over, T, tiny, text, golden)
-        past = " (past the context: positions >= N use the §1 rule)" if T > ModelConfig.load(out / "config.json").context else ""
+        out, logits = make_decoder(name, over, T, tiny, long_text if over["architecture"] == "retina-decoder" else text, golden)
+        cfg = ModelConfig.load(out / "config.json")
+        if cfg.architecture == "retina-decoder":
+            past = f" ({T / cfg.reach:.1f}× the reach {cfg.reach})"
+        else:
+            past = " (past the context: positions >= N use the §1 rule)" if T > cfg.context else ""
         index.append((name, json.loads((out / "config.json").read_text()), f"T={T}{past}", logits))
     for name, (over, txt) in ENCODERS.items():
         out, logits = make_encoder(name, over, txt, tiny, golden)
@@ -277,12 +295,14 @@ def write_readme(golden: Path, index):
              "splits can be checked at every k. The tokenizer was trained on the first 2,000 KJV verses (300",
              "tokens; encoders add a [CLS] special token). cst_a2_shared_untied_past_context writes a minimal",
              "config.json (keys equal to their §4 default left out) to exercise default handling; its T=40 runs",
-             "past the context N=16, where the logits follow the §1 rule (last G-1 summaries, re-indexed).", "",
+             "past the context N=16, where the logits follow the §1 rule (last G-1 summaries, re-indexed).",
+             "The retina fixtures (§8 c, no context limit) run 3-11 times their reach w·L·k^(M−1), so the oldest",
+             "blocks of every level have rolled off; they use the first 40 verses as text.", "",
              "| fixture | architecture | key settings | input | logit std |", "|---|---|---|---|---|"]
     for name, cfg, inp, logits in index:
         keys = ("d_model", "n_heads", "slice_length", "extension_ratio", "max_slices", "max_positions",
                 "shared_local_global", "tie_embeddings", "activation", "layer_scales", "scales", "pool_factor",
-                "layers_per_scale", "agg_layers")
+                "layers_per_scale", "agg_layers", "levels", "level_window")
         settings = ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg)
         lines.append(f"| {name} | {cfg['architecture']} | {settings} | {inp} | {logits.float().std():.2f} |")
     (golden / "README.md").write_text("\n".join(lines) + "\n")

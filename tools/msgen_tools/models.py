@@ -7,6 +7,7 @@ Five architectures, one config type:
     MSTransEncoder      "ms-trans-encoder"     Multi-Scale Transformer classifier (§3)
     TopDownDecoder      "top-down-decoder"     multi-scale LM, coarse to fine (§8 a)
     BottomUpDecoder     "bottom-up-decoder"    multi-scale LM, fine to coarse (§8 b)
+    RetinaDecoder       "retina-decoder"       CST with M levels of summaries (§8 c)
 
 Parameter names are exactly the checkpoint tensor names of §4, so
 `model.state_dict()` *is* the checkpoint. Everything here is batched and
@@ -27,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ARCHITECTURES = ("cst-decoder", "transformer-decoder", "ms-trans-encoder", "top-down-decoder", "bottom-up-decoder")
+ARCHITECTURES = ("cst-decoder", "transformer-decoder", "ms-trans-encoder", "top-down-decoder", "bottom-up-decoder",
+                 "retina-decoder")
 MULTISCALE = ("top-down-decoder", "bottom-up-decoder")
 
 # -----------------------------------------------------------------------------
@@ -58,6 +60,8 @@ class ModelConfig:
     pool_factor: int | None = None  # top-down / bottom-up: k, scale s has blocks of k^s tokens
     layers_per_scale: list | None = None  # top-down / bottom-up: [n_0, ..., n_{S-1}]
     agg_layers: int | None = None  # bottom-up: token-level blocks after the aggregation
+    levels: int | None = None  # retina: M levels of summaries, level l has blocks of L*k^(l-1) tokens
+    level_window: int | None = None  # retina: w, the blocks each level keeps (pool_factor is its k)
     shared_local_global: bool = True
     tie_embeddings: bool = False
     norm_eps: float = 1e-5
@@ -81,7 +85,18 @@ class ModelConfig:
             return self.max_slices * self.slice_length
         if self.architecture in ("transformer-decoder",) + MULTISCALE:
             return self.max_positions
+        if self.architecture == "retina-decoder":
+            return self.reach  # no limit: the reach is the default scoring window
         return self.max_length
+
+    @property
+    def reach(self) -> int:
+        """w * L * k^(M-1): how far back (about) a retina layer sees (§8 c)."""
+        return self.level_window * self.slice_length * self.pool_factor ** (self.levels - 1)
+
+    def level_block(self, level: int) -> int:
+        """B_l = L * k^(l-1) tokens per level-l summary, l = 1..M (§8 c)."""
+        return self.slice_length * self.pool_factor ** (level - 1)
 
     @property
     def depth(self) -> int:
@@ -107,6 +122,8 @@ class ModelConfig:
                              "tie_embeddings", "norm_eps", "activation"),
         "bottom-up-decoder": ("scales", "pool_factor", "layers_per_scale", "agg_layers", "max_positions",
                               "eos_token_id", "tie_embeddings", "norm_eps", "activation"),
+        "retina-decoder": ("slice_length", "extension_ratio", "levels", "pool_factor", "level_window", "eos_token_id",
+                           "shared_local_global", "tie_embeddings", "norm_eps", "activation"),
     }
     _COMMON = ("architecture", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff")
 
@@ -146,9 +163,14 @@ class ModelConfig:
             need(isinstance(getattr(self, k), int) and getattr(self, k) > 0, f"{k} must be a positive int")
         need(self.d_model % self.n_heads == 0, "d_model must be divisible by n_heads")
         need(self.activation in ("gelu", "gelu_tanh"), f"activation must be gelu or gelu_tanh, got {self.activation!r}")
-        if self.architecture == "cst-decoder":
-            for k in ("slice_length", "extension_ratio", "max_slices"):
-                need(isinstance(getattr(self, k), int), f"{k} is required for cst-decoder")
+        if self.architecture in ("cst-decoder", "retina-decoder"):
+            slicing = ("max_slices",) if self.architecture == "cst-decoder" else ("levels", "pool_factor", "level_window")
+            for k in ("slice_length", "extension_ratio") + slicing:
+                need(isinstance(getattr(self, k), int), f"{k} is required for {self.architecture}")
+            if self.architecture == "retina-decoder":
+                need(self.levels >= 1, "levels must be >= 1")
+                need(self.pool_factor >= 2, "pool_factor must be >= 2")
+                need(self.level_window >= 1, "level_window must be >= 1")
             need(self.extension_ratio in (1, 2, 3), "extension_ratio must be 1, 2 or 3")
             need((self.extension_ratio - 1) * self.slice_length % 2 == 0,
                  "(extension_ratio-1)*slice_length/2 must be an integer")
@@ -352,10 +374,10 @@ class CSTAttention(nn.Module):
 
 
 class CSTBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0, attention=None):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.attn = CSTAttention(cfg)
+        self.attn = (attention or CSTAttention)(cfg)
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(dropout)
@@ -386,6 +408,85 @@ class CSTDecoder(Decoder):
         h = self.drop(self.embed(ids))  # no input positional embedding (MS-VIPE only)
         for layer in self.layers:
             h = layer(h, self.pos_local.weight, self.pos_global.weight)
+        return self.logits(h)
+
+
+
+# -----------------------------------------------------------------------------
+# retina decoder (§8 c)
+
+
+class RetinaAttention(CSTAttention):
+    """CST's local attention, then for each level l = 1..M global attention of slice t
+    over the last w complete level-l summaries (keys positioned by age), summed."""
+
+    def forward(self, u, P_l, P_levels):
+        a = self.local(u, P_l)
+        g = sum(self.level(a, P, lv) for lv, P in enumerate(P_levels, start=1))
+        return self.o_proj(a + g)
+
+    def level(self, a, P, lv: int):
+        """g^l broadcast to the tokens: [B, T, D] (zero where a slice sees no block)."""
+        cfg, H = self.cfg, self.cfg.n_heads
+        B, T, D = a.shape
+        L, w, Bl = cfg.slice_length, cfg.level_window, cfg.level_block(lv)
+        S = -(-T // L)  # slices, the last one possibly partial
+        C = T // Bl  # complete level-l blocks
+        if S <= 1 or C == 0:  # slice 0, and every slice before the first block ends, sees nothing
+            return torch.zeros_like(a)
+        gq_proj, gk_proj, gv_proj = self.global_projs()
+
+        m1 = a[:, : (S - 1) * L].reshape(B, S - 1, L, D).mean(2)  # queries m^1_{t-1}, t = 1..S-1
+        m = a[:, : C * Bl].reshape(B, C, Bl, D).mean(2)  # [B, C, D] level-l summaries
+
+        t = torch.arange(1, S, device=a.device).view(-1, 1)  # [S-1, 1]
+        s = torch.arange(C, device=a.device).view(1, -1)  # [1, C]
+        n = t * L // Bl  # complete blocks before slice t
+        allowed = (s >= n - w) & (s <= n - 1)  # [S-1, C]
+        age = (n - 1 - s).clamp(0, w)  # P row of key s as seen from slice t (w only where masked)
+
+        gq = gq_proj(m1) + F.linear(P[w], gq_proj.weight)  # [B, S-1, D]
+        qh = split_heads(gq, H)  # [B, H, S-1, dh]
+        scores = qh @ split_heads(gk_proj(m), H).transpose(-1, -2)  # [B, H, S-1, C], keys without positions
+        pos_scores = qh @ split_heads(F.linear(P, gk_proj.weight), H).transpose(-1, -2)  # [B, H, S-1, w+1]
+        scores = scores + pos_scores.gather(-1, age.expand(B, H, -1, -1))
+        scores = (scores / math.sqrt(cfg.d_head)).masked_fill(~allowed, float("-inf"))
+        sees = (n >= 1).view(1, 1, -1, 1)  # rows with no block would be softmax of nothing
+        p = torch.softmax(scores.masked_fill(~sees, 0.0), -1) * sees
+        g = merge_heads(p @ split_heads(gv_proj(m), H))  # [B, S-1, D]
+
+        g = torch.cat([torch.zeros_like(g[:, :1]), g], dim=1)  # g_0 = 0
+        return g.repeat_interleave(L, dim=1)[:, :T]
+
+
+class RetinaBlock(CSTBlock):
+    """CST's block with retina attention; forward(h, P_l, P_levels)."""
+
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
+        super().__init__(cfg, dropout, attention=RetinaAttention)
+
+
+class RetinaDecoder(Decoder):
+    """Retina LM (§8 c). forward(ids [B, T]) -> logits [B, T, V], any T: positions are
+    relative (by age), so there is no context limit."""
+
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
+        super().__init__()
+        assert cfg.architecture == "retina-decoder"
+        self._init_decoder_common(cfg)
+        self.pos_local = nn.Embedding(cfg.extension + cfg.slice_length, cfg.d_model)
+        # pos_levels.{l}.weight for l = 1..M: a ModuleDict keyed "1".."M" gives exactly those names
+        self.pos_levels = nn.ModuleDict({str(lv): nn.Embedding(cfg.level_window + 1, cfg.d_model)
+                                         for lv in range(1, cfg.levels + 1)})
+        self.layers = nn.ModuleList(RetinaBlock(cfg, dropout) for _ in range(cfg.n_layers))
+        self.drop = nn.Dropout(dropout)
+        self.init_weights()
+
+    def forward(self, ids):
+        h = self.drop(self.embed(ids))
+        P_levels = [self.pos_levels[str(lv)].weight for lv in range(1, self.cfg.levels + 1)]
+        for layer in self.layers:
+            h = layer(h, self.pos_local.weight, P_levels)
         return self.logits(h)
 
 
@@ -710,7 +811,7 @@ def build_model(cfg: ModelConfig | dict, dropout: float = 0.0) -> nn.Module:
         cfg = ModelConfig.from_dict(cfg)
     cls = {"cst-decoder": CSTDecoder, "transformer-decoder": TransformerDecoder,
            "ms-trans-encoder": MSTransEncoder, "top-down-decoder": TopDownDecoder,
-           "bottom-up-decoder": BottomUpDecoder}[cfg.architecture]
+           "bottom-up-decoder": BottomUpDecoder, "retina-decoder": RetinaDecoder}[cfg.architecture]
     return cls(cfg, dropout=dropout)
 
 

@@ -220,3 +220,51 @@ def bottom_up_forward_loop(model, ids):
             x = x + lin(ys[s][c] if c >= 0 else zero, model.agg[str(s)])
         h.append(x)
     return lm_logits(model, blocks_loop(model.agg_layers, h, act))
+
+
+@torch.no_grad()
+def retina_forward_loop(model, ids):
+    """§8 (c) written out: CST's local attention, then per slice t and level l the
+    attention over the last w complete level-l blocks, keys positioned by age."""
+    cfg = model.cfg
+    L, E, H, M, w = cfg.slice_length, cfg.extension, cfg.n_heads, cfg.levels, cfg.level_window
+    T = len(ids)
+    P_l = model.pos_local.weight
+    act = activation_fn(cfg.activation)
+
+    h = [model.embed.weight[x].clone() for x in ids]
+    for blk in model.layers:
+        at = blk.attn
+        gq_p, gk_p, gv_p = at.global_projs()
+        u = [layer_norm(x, blk.norm1) for x in h]
+
+        a = []
+        for i in range(T):
+            t, r = divmod(i, L)
+            q = lin(u[i] + P_l[E + r], at.q_proj)
+            js = range(max(0, t * L - E), i + 1)
+            keys = [lin(u[j] + P_l[E + j - t * L], at.k_proj) for j in js]
+            vals = [lin(u[j], at.v_proj) for j in js]
+            a.append(attend(q, keys, vals, H))
+
+        n_slices = -(-T // L)
+        g = [torch.zeros_like(h[0]) for _ in range(n_slices)]
+        for lv in range(1, M + 1):
+            P = model.pos_levels[str(lv)].weight
+            Bl = cfg.level_block(lv)
+            m = [sum(a[s * Bl:(s + 1) * Bl]) / Bl for s in range(T // Bl)]  # mean over the block's tokens
+            for t in range(1, n_slices):
+                n = t * L // Bl
+                seen = list(range(max(0, n - w), n))
+                if not seen:
+                    continue
+                m1 = sum(a[(t - 1) * L:t * L]) / L
+                gq = lin(m1 + P[w], gq_p)
+                gk = [lin(m[s] + P[n - 1 - s], gk_p) for s in seen]
+                gv = [lin(m[s], gv_p) for s in seen]
+                g[t] = g[t] + attend(gq, gk, gv, H)
+
+        for i in range(T):
+            h[i] = h[i] + lin(a[i] + g[i // L], at.o_proj)
+            h[i] = h[i] + mlp(blk, layer_norm(h[i], blk.norm2), act)
+    return lm_logits(model, h)

@@ -2,6 +2,7 @@
 
     python -m msgen_tools.train_lm --arch cst --run-dir runs/cst [model/opt flags]
     python -m msgen_tools.train_lm --arch top-down --layers-per-scale 4,2 --pool-factor 4 --run-dir runs/td
+    python -m msgen_tools.train_lm --arch retina --levels 3 --pool-factor 4 --level-window 16 --run-dir runs/rt
     python -m msgen_tools.train_lm --run-dir runs/cst --resume        # continue
 
 The run dir holds args.json, ckpt.pt (saved every --save-every steps and at the
@@ -181,6 +182,12 @@ def model_config(args, vocab_size) -> ModelConfig:
         return ModelConfig(architecture="cst-decoder", slice_length=args.slice_length,
                            extension_ratio=args.extension_ratio, max_slices=args.max_slices,
                            shared_local_global=not args.separate_global, **common)
+    if args.arch == "retina":
+        cfg = ModelConfig(architecture="retina-decoder", slice_length=args.slice_length,
+                          extension_ratio=args.extension_ratio, levels=args.levels, pool_factor=args.pool_factor,
+                          level_window=args.level_window, shared_local_global=not args.separate_global, **common)
+        cfg.validate()
+        return cfg
     return ModelConfig(architecture="transformer-decoder", max_positions=args.max_positions, **common)
 
 
@@ -222,8 +229,8 @@ def train(args):
     torch.manual_seed(args.seed)  # the initial weights
     model = build_model(cfg, dropout=args.dropout)
     opt = make_optimizer(model, args)
-    seq_len = args.seq_len or cfg.context
-    if seq_len > cfg.context:
+    seq_len = args.seq_len or cfg.context  # retina: its reach (it has no context limit)
+    if seq_len > cfg.context and cfg.architecture != "retina-decoder":
         raise SystemExit(f"--seq-len {seq_len} exceeds the model context {cfg.context}")
 
     start = 0
@@ -301,8 +308,9 @@ def parser():
     a = ap.add_argument
     a("--run-dir", required=True)
     a("--resume", action="store_true", help="continue the run in --run-dir (its args.json is reused)")
-    a("--arch", choices=["cst", "transformer", "top-down", "bottom-up"], default="cst",
-      help="cst-decoder, transformer-decoder, or a multi-scale decoder (top-down-decoder, bottom-up-decoder)")
+    a("--arch", choices=["cst", "transformer", "top-down", "bottom-up", "retina"], default="cst",
+      help="cst-decoder, transformer-decoder, or a multi-scale decoder (top-down-decoder, bottom-up-decoder, "
+           "retina-decoder)")
     # data
     a("--train", default=str(data / "kjv" / "train.txt"))
     a("--valid", default=str(data / "kjv" / "valid.txt"))
@@ -321,7 +329,10 @@ def parser():
     a("--separate-global", action="store_true", help="own gq/gk/gv projections (shared_local_global false)")
     a("--max-positions", type=int, default=1024, help="context of transformer, top-down and bottom-up")
     a("--layers-per-scale", default="4,2", help="top-down/bottom-up: blocks per scale, finest first (its length is S)")
-    a("--pool-factor", type=int, default=4, help="top-down/bottom-up: k, scale s has blocks of k^s tokens")
+    a("--pool-factor", type=int, default=4,
+      help="top-down/bottom-up: k, scale s has blocks of k^s tokens; retina: level l has blocks of L*k^(l-1)")
+    a("--levels", type=int, default=3, help="retina: M levels of summaries")
+    a("--level-window", type=int, default=16, help="retina: w, the blocks of each level a slice sees")
     a("--agg-layers", type=int, default=1, help="bottom-up: token-level blocks after the aggregation")
     a("--dropout", type=float, default=0.1)
     # optimisation

@@ -58,3 +58,19 @@ def test_multiscale_trains_and_exports(tmp_path, arch, extra):
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses[-1] < losses[0]
     assert records[-1]["split"] == "valid" and records[-1]["peak_rss_bytes"] > 10 * 2**20
+
+
+def test_retina_trains_past_its_reach_and_exports(tmp_path):
+    """--arch retina builds a §8 (c) config from the flags (no max_slices), trains on windows
+    longer than its reach (it has no context limit), and the export loads back."""
+    (tmp_path / "train.txt").write_text("\n".join(VERSES * 10) + "\n")
+    (tmp_path / "valid.txt").write_text("\n".join(VERSES[::-1] * 3) + "\n")
+    tk.train_bpe(tk.lines_of(str(tmp_path / "train.txt")), 280).save(str(tmp_path / "tok.json"))
+    run(tmp_path, "rt", "--arch", "retina", "--levels", "2", "--pool-factor", "2", "--level-window", "2",
+        "--extension-ratio", "3", "--seq-len", "24", "--steps", "12", "--dropout", "0")
+    model, cfg = load_checkpoint(tmp_path / "rt" / "final")
+    assert cfg.architecture == "retina-decoder" and (cfg.levels, cfg.pool_factor, cfg.level_window) == (2, 2, 2)
+    assert cfg.max_slices is None and cfg.reach == 2 * 4 * 2 == cfg.context
+    records = [json.loads(line) for line in (tmp_path / "rt" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0]
