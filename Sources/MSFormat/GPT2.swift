@@ -45,7 +45,8 @@ public enum GPT2 {
         var byName: [String: Tensor] = [:]
         for (n, t) in tensors {
             let name = n.hasPrefix("transformer.") ? String(n.dropFirst("transformer.".count)) : n
-            byName[name] = t
+            // With and without the prefix are the same tensor: having both is ambiguous.
+            try check(byName.updateValue(t, forKey: name) == nil, "GPT-2 checkpoint has \(name) twice (with and without 'transformer.')")
         }
         func take(_ n: String) throws -> Tensor {
             guard let t = byName.removeValue(forKey: n) else { throw MSGenError("GPT-2 checkpoint is missing \(n)") }

@@ -162,6 +162,18 @@ struct HostileCheckpointTests {
         #expect(e.contains(message), "\(e)")
     }
 
+    /// The same tensor under its name with and without "transformer." is ambiguous: one of
+    /// them (a bias of the wrong shape, here) must not be dropped silently.
+    @Test func gpt2TensorTwiceIsAnError() throws {
+        let ckpt = try copyFixture("gpt2", into: dir)
+        var tensors = try Safetensors.read(path: ckpt + "/model.safetensors")
+        tensors.append(("h.0.attn.c_attn.bias", MSZTests.randomTensor([100], seed: 3)))
+        try writeSafetensors(tensors, to: ckpt + "/model.safetensors")
+        #expect { _ = try Checkpoint.load(path: ckpt) } throws: {
+            "\($0)" == "GPT-2 checkpoint has h.0.attn.c_attn.bias twice (with and without 'transformer.')"
+        }
+    }
+
     @Test func gpt2ConfigTypesAreNamed() throws {
         func error(_ key: String, _ value: Any) throws -> String {
             let ckpt = try copyFixture("gpt2", into: dir)
