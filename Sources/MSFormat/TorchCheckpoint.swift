@@ -26,6 +26,9 @@ public enum TorchCheckpoint {
         let pickle = entries[pkl]!
         try check(pickle.uncompressedSize <= maxPickleBytes, "\(file): its data.pkl declares \(pickle.uncompressedSize) bytes; a state dict's pickle is far smaller")
         var unpickler = Unpickler(try extract(pickle), what: file)
+        // The pickle's dicts and lists are emptied once the tensors are read off them
+        // (or the read fails): see `Unpickler.release`.
+        defer { unpickler.release() }
         let root = try unpickler.load()
 
         var storages: [String: [UInt8]] = [:]
