@@ -147,6 +147,8 @@ public enum TorchCheckpoint {
         // Again for every tensor: two tensors may name one storage key with different sizes.
         let expected = try storageBytes(ref.storage, name: name, file: file)
         try check(storage.count == expected, "\(file) is damaged: storage of \(name) has \(storage.count) bytes, expected \(expected)")
+        try check(ref.shape.count <= FormatLimits.maxDimensions,
+                  "\(file): tensor \(name) has \(ref.shape.count) dimensions, more than the \(FormatLimits.maxDimensions) msgen reads")
         guard let count = elementCount(ref.shape), ref.stride.count == ref.shape.count, ref.offset >= 0 else {
             throw MSGenError("\(file): tensor \(name) has an impossible shape \(shapeString(ref.shape))")
         }
