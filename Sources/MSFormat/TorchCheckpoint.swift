@@ -9,6 +9,7 @@ public enum TorchCheckpoint {
         let file = (path as NSString).lastPathComponent
         let archive: Archive
         if try isLegacy(path) { throw legacyError(file) }
+        try ZipDirectory.check(try MappedFile(path: path), name: file)
         do { archive = try Archive(url: URL(fileURLWithPath: path), accessMode: .read) } catch {
             throw MSGenError("\(file) is not a PyTorch zip checkpoint (damaged file? re-save it with torch.save)")
         }

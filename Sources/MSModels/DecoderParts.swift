@@ -7,10 +7,10 @@ struct FeedForward {
     let fc1, fc2: Linear
     let dModel: Int, eps: Float, activation: Activation
 
-    init(_ w: Weights, prefix p: String, config c: CommonConfig) {
-        norm = w.norm(p + "norm2", c.dModel)
-        fc1 = w.linear(p + "mlp.fc1", out: c.dFF, in: c.dModel)
-        fc2 = w.linear(p + "mlp.fc2", out: c.dModel, in: c.dFF)
+    init(_ w: Weights, prefix p: String, config c: CommonConfig) throws {
+        norm = try w.norm(p + "norm2", c.dModel)
+        fc1 = try w.linear(p + "mlp.fc1", out: c.dFF, in: c.dModel)
+        fc2 = try w.linear(p + "mlp.fc2", out: c.dModel, in: c.dFF)
         dModel = c.dModel; eps = c.normEps; activation = c.activation
     }
 
@@ -31,8 +31,8 @@ struct Embedding {
     let table: Floats
     let dModel: Int
 
-    init(_ w: Weights, config c: CommonConfig) {
-        table = w.tensor("embed.weight", [c.vocabSize, c.dModel])
+    init(_ w: Weights, config c: CommonConfig) throws {
+        table = try w.tensor("embed.weight", [c.vocabSize, c.dModel])
         dModel = c.dModel
     }
 
@@ -47,9 +47,9 @@ struct OutputHead {
     let head: Linear
     let eps: Float
 
-    init(_ w: Weights, config c: CommonConfig, embedding: Embedding) {
-        norm = w.norm("norm_f", c.dModel)
-        head = c.tieEmbeddings ? Linear(weight: embedding.table, bias: nil, in: c.dModel, out: c.vocabSize)
+    init(_ w: Weights, config c: CommonConfig, embedding: Embedding) throws {
+        norm = try w.norm("norm_f", c.dModel)
+        head = try c.tieEmbeddings ? Linear(weight: embedding.table, bias: nil, in: c.dModel, out: c.vocabSize)
             : w.linear("lm_head", out: c.vocabSize, in: c.dModel, bias: false)
         eps = c.normEps
     }

@@ -55,14 +55,14 @@ public final class TransformerDecoder: LanguageModel, @unchecked Sendable {
         D = c.common.dModel; H = c.common.nHeads; dh = c.common.dHead; N = c.maxPositions
         scale = 1 / Float(dh).squareRoot()
         let D = D
-        embedding = Embedding(w, config: c.common)
-        pos = w.tensor("pos.weight", [N, D])
-        layers = (0..<c.nLayers).map { i in
+        embedding = try Embedding(w, config: c.common)
+        pos = try w.tensor("pos.weight", [N, D])
+        layers = try (0..<c.nLayers).map { i in
             let p = "layers.\(i)."
-            return Layer(norm1: w.norm(p + "norm1", D), qkv: w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D),
+            return try Layer(norm1: w.norm(p + "norm1", D), qkv: w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D),
                          o: w.linear(p + "attn.o_proj", out: D, in: D), ffn: FeedForward(w, prefix: p, config: c.common))
         }
-        output = OutputHead(w, config: c.common, embedding: embedding)
+        output = try OutputHead(w, config: c.common, embedding: embedding)
     }
 
     public func makeCache() -> DecoderCache { KVCache(self) }

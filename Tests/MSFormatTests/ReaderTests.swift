@@ -74,6 +74,17 @@ struct ReaderTests {
         return out + Data(header.utf8) + Data(count: data)
     }
 
+    @Test func zip64OffsetsPast2To63AreRefusedBeforeZIPFoundationSeeks() throws {
+        // Found by the torch fuzzer: a ZIP64 end record whose directory offset does not
+        // fit off_t trapped inside ZIPFoundation. (The fuzz input's first byte is its mode.)
+        let input = try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("fuzz/torch/crash-zip64-offset-e564b537")))
+        let dir = TempDir(), p = dir.path("zip64.pt")
+        try input.dropFirst().write(to: URL(fileURLWithPath: p))
+        #expect { _ = try TorchCheckpoint.read(path: p) } throws: { "\($0)".contains("is not a PyTorch zip checkpoint") }
+        // The real checkpoints still read.
+        #expect(try TorchCheckpoint.read(path: Fixtures.path("format/tiny.pt")).count > 0)
+    }
+
     @Test func damagedTorchArchiveIsAClearError() throws {
         let dir = TempDir()
         var bytes = try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("format/tiny.pt")))
