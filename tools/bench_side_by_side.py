@@ -1,6 +1,11 @@
 """msgen CST vs msgen baseline vs the PyTorch reference, measured side by side in one run.
 
     .venv/bin/python tools/bench_side_by_side.py [--cst-checkpoint DIR] [--text FILE] [--tokens N] [--threads N] [--scoring-only]
+    .venv/bin/python tools/bench_side_by_side.py --multiscale [--td-checkpoint DIR] [--bu-checkpoint DIR] [--cst-checkpoint DIR]
+
+--multiscale instead measures the multi-scale decoders (Sources/MSModels/README.md) next to CST and a baseline of the
+same size and context (1,024): decode ms/token at depth 256, 512 and at the context, and
+the cache bytes held there (see `multiscale` below; the configs are tools/README.md's).
 
 Speed does not depend on the weights' values, so both models are the bundled CST's
 shape (d_model 256, 4 layers, 4 heads, d_ff 1024, vocab 4096); the baseline has the same
@@ -36,7 +41,7 @@ from msgen_tools.export import export_checkpoint, load_checkpoint  # noqa: E402
 from msgen_tools.models import ModelConfig, build_model  # noqa: E402
 from msgen_tools.train_lm import perplexity  # noqa: E402
 
-MSGEN = ROOT / ".build" / "release" / "msgen"
+MSGEN = Path(os.environ.get("MSGEN", ROOT / ".build" / "release" / "msgen"))  # MSGEN=… to run another build
 DEPTHS = [256, 1024, 2048, 4096, 8192]
 SHAPE = dict(vocab_size=4096, d_model=256, n_layers=4, n_heads=4, d_ff=1024, tie_embeddings=True, eos_token_id=0)
 
@@ -47,7 +52,9 @@ def run(args, **kw):
 
 def make_model(arch: dict, out: Path, tokenizer: Path) -> Path:
     torch.manual_seed(0)
-    model = build_model(ModelConfig.from_dict({**SHAPE, **arch}))
+    shape = SHAPE if "n_layers" in arch or arch["architecture"] in ("cst-decoder", "transformer-decoder") else \
+        {k: v for k, v in SHAPE.items() if k != "n_layers"}  # §8: the multi-scale decoders have no n_layers
+    model = build_model(ModelConfig.from_dict({**shape, **arch}))
     model.init_weights()
     export_checkpoint(model, out, tokenizer=tokenizer)
     run(["convert", out, "-o", out.with_suffix(".msz")])
@@ -108,6 +115,49 @@ def print_scoring(a, scoring: dict):
           f" (msgen reaches {scoring['cst']['msgen_tps'] / b['tps']:.0%} of it)")
 
 
+# The §8 decoders at cst-kjv's size and context (tools/README.md, "The multi-scale decoders"),
+# and a baseline of the same shape and context.
+MULTISCALE = {
+    "top-down": dict(architecture="top-down-decoder", scales=3, pool_factor=4, layers_per_scale=[2, 1, 1], d_ff=896,
+                     max_positions=1024),
+    "bottom-up": dict(architecture="bottom-up-decoder", scales=3, pool_factor=4, layers_per_scale=[1, 1, 1], agg_layers=1,
+                      d_ff=832, max_positions=1024),
+    "baseline": dict(architecture="transformer-decoder", max_positions=1024),
+    "cst": dict(architecture="cst-decoder", slice_length=16, extension_ratio=3, max_slices=64),
+}
+
+
+def multiscale(a, tok_path: Path, work: Path):
+    """Decode ms/token and cache bytes by depth for the §8 decoders, CST and the baseline,
+    all of ~4.2 M parameters and context 1,024. A model that cannot pass its context is
+    measured last at depth N − decode_tokens·repetitions, so its timed tokens end exactly
+    at N and the cache bytes `msgen bench` reports are those at the context."""
+    reps, tokens = a.repetitions, a.decode_tokens
+    given = {"top-down": a.td_checkpoint, "bottom-up": a.bu_checkpoint, "cst": a.cst_checkpoint}
+    rows = {}
+    for name, arch in MULTISCALE.items():
+        if given.get(name):
+            msz = work / f"{name}.msz"
+            run(["convert", given[name], "-o", msz])
+        else:
+            msz = make_model(arch, work / name, tok_path)
+        info = json.loads(run(["inspect", "--json", msz]).stdout)
+        n = info["config"].get("max_positions") or info["config"]["max_slices"] * info["config"]["slice_length"]
+        depths = [256, 512, n - tokens * reps]
+        b = json.loads(run(["bench", "--model", msz, "--json", "--repetitions", reps, "--decode-tokens", tokens,
+                            "--threads", a.threads, "--context", *depths]).stdout)
+        rows[name] = dict(params=info["parameters"], context=n, decode={d["depth"]: d for d in b["decode"]})
+    base_at_n = max(d["cache_bytes"] for d in rows["baseline"]["decode"].values())
+    print(f"decode (ms/token, median of {reps} × {tokens} tokens; 'at N' = the timed tokens end at the context) and cache")
+    print("  model        params   depth    ms/token    cache MB   cache / baseline at N")
+    for name, r in rows.items():
+        for depth, d in sorted(r["decode"].items()):
+            label = "at N" if depth + tokens * reps == r["context"] else f"{depth:5d}"
+            print(f"  {name:10s} {r['params'] / 1e6:6.2f}M   {label:>5s}   {d['seconds_per_token']['median'] * 1e3:9.3f}"
+                  f"   {d['cache_bytes'] / 1e6:9.2f}   {d['cache_bytes'] / base_at_n:8.3f}")
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cst-checkpoint", type=Path, help="a trained CST checkpoint dir (default: random weights)")
@@ -117,9 +167,17 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for msgen and for PyTorch alike")
     ap.add_argument("--repetitions", type=int, default=3, help="scoring runs of each side (alternating); the best counts")
     ap.add_argument("--scoring-only", action="store_true", help="skip the decode benchmark and the plot")
+    ap.add_argument("--multiscale", action="store_true", help="top-down and bottom-up next to CST and the baseline (decode, cache)")
+    ap.add_argument("--td-checkpoint", type=Path, help="--multiscale: a trained top-down checkpoint dir")
+    ap.add_argument("--bu-checkpoint", type=Path, help="--multiscale: a trained bottom-up checkpoint dir")
+    ap.add_argument("--decode-tokens", type=int, default=32, help="--multiscale: tokens timed per decode run")
     a = ap.parse_args()
-    subprocess.run(["swift", "build", "-c", "release", "--product", "msgen"], cwd=ROOT, check=True, capture_output=True)
+    if "MSGEN" not in os.environ:
+        subprocess.run(["swift", "build", "-c", "release", "--product", "msgen"], cwd=ROOT, check=True, capture_output=True)
     tok_path = ROOT / "Tests" / "Fixtures" / "tokenizer" / "tokenizer.json"
+    if a.multiscale:
+        multiscale(a, a.cst_checkpoint / "tokenizer.json" if a.cst_checkpoint else tok_path, Path(tempfile.mkdtemp(prefix="msgen-bench-")))
+        return
     if not a.text.exists():
         subprocess.run([sys.executable, "-m", "msgen_tools.corpus"], cwd=ROOT / "tools", check=True)
 

@@ -127,22 +127,41 @@ INLINE void layer_norm(const float *x, float *y, long n, const float *w, const f
     for (; i < n; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
 }
 
-/* Which copy runs: per thread, so that a test can check the baseline copy without changing what other
-   threads run. -1: not yet asked. */
-static _Thread_local int use_avx2 = -1;
+/* Which copies run: a level (MSGEN_LEVEL_*, cvector.h), per thread, so that a test can
+   check a lower copy without changing what other threads run. -1: not yet asked. The
+   element-wise loops here have two copies: AVX2 + FMA from MSGEN_LEVEL_AVX2 up, and the
+   baseline one (their 8-lane loops gain nothing from AVX-512); linear.c has more. */
+static _Thread_local int level = -1;
 #if defined(__x86_64__)
 #define AVX2 __attribute__((target("avx2,fma")))
-static int cpu_has_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+/* The best level this CPU (and its OS, which must save the wide registers: the
+   compiler's check includes that) runs. Asked once; the answer never changes. */
+int msgen_cpu_level(void) {
+    static int cached = -1;  /* threads may race to fill it in: they all store the same value */
+    int best = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (best < 0) {
+        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+        int vnni = avx512 && __builtin_cpu_supports("avx512vnni");
+        best = vnni ? MSGEN_LEVEL_AVX512_VNNI : avx512 ? MSGEN_LEVEL_AVX512 : avx2 ? MSGEN_LEVEL_AVX2 : MSGEN_LEVEL_BASELINE;
+        __atomic_store_n(&cached, best, __ATOMIC_RELAXED);
+    }
+    return best;
+}
 #else
 #define AVX2
-static int cpu_has_avx2(void) { return 0; }
+int msgen_cpu_level(void) { return MSGEN_LEVEL_BASELINE; }
 #endif
-int msgen_vector_avx2(void) {
-    if (use_avx2 < 0) use_avx2 = cpu_has_avx2();
-    return use_avx2;
+int msgen_vector_level(void) {
+    if (level < 0) level = msgen_cpu_level();
+    return level;
 }
-void msgen_vector_set_avx2(int on) { use_avx2 = on && cpu_has_avx2(); }
-#define PICK(avx2_call, base_call) (msgen_vector_avx2() ? (avx2_call) : (base_call))
+void msgen_vector_set_level(int wanted) {
+    int best = msgen_cpu_level();
+    level = wanted < MSGEN_LEVEL_BASELINE ? MSGEN_LEVEL_BASELINE : wanted > best ? best : wanted;
+}
+#define PICK(avx2_call, base_call) (msgen_vector_level() >= MSGEN_LEVEL_AVX2 ? (avx2_call) : (base_call))
 
 /* Each kernel twice, an AVX2 + FMA copy (x86-64 only) and a baseline one, and the
    exported function that picks one. */

@@ -1,6 +1,6 @@
 import Foundation
 
-/// A training checkpoint as DESIGN §4 describes it: config.json, weights
+/// A training checkpoint (Sources/MSModels/README.md lists its tensor names): config.json, weights
 /// (model.safetensors, its shards with model.safetensors.index.json, or a PyTorch zip)
 /// and tokenizer.json (or GPT-2's vocab.json + merges.txt). An `.msz` file also loads as
 /// one, so that convert can re-store it in another dtype.

@@ -8,7 +8,7 @@ public enum GPT2 {
         config["architecture"] == nil && config["model_type"]?.stringValue == "gpt2"
     }
 
-    /// config.json in DESIGN §4 terms. The original keys are kept under "source_config".
+    /// config.json in msgen's terms (Sources/MSModels/README.md, "Tensor names"). The original keys are kept under "source_config".
     static func translate(_ hf: JSONValue) throws -> JSONValue {
         guard let o = hf.objectValue else { throw MSGenError("config is not a JSON object") }
         func int(_ k: String) throws -> JSONValue {

@@ -171,6 +171,7 @@ public final class MSZFile: @unchecked Sendable {
         try check(declared == t.rawBytes, "tensor \(t.name) in \((path as NSString).lastPathComponent) is corrupt: its frame declares \(declared.map(String.init) ?? "no") bytes, its shape needs \(t.rawBytes)")
         let storage = TensorStorage(byteCount: t.rawBytes)
         try Zstd.decompress(frame, into: storage.bytes, what: "tensor \(t.name) in \((path as NSString).lastPathComponent)")
+        file.release(dataStart + t.offset, t.storedBytes)
         if t.planes, let s = t.dtype.elementSize { BytePlanes.unshuffle(storage.bytes, elementSize: s) }
         return Tensor(dtype: t.dtype, shape: t.shape, storage: storage)
     }

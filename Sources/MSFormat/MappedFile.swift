@@ -35,6 +35,17 @@ public final class MappedFile: @unchecked Sendable {
         return UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + count)])
     }
 
+    /// Lets the kernel drop the pages wholly inside [offset, offset+count) from this
+    /// process's memory (they come back from the page cache if read again). Called once a
+    /// tensor's frame is decompressed, so that loading a model does not hold the
+    /// compressed file and the weights in memory at once.
+    public func release(_ offset: Int, _ count: Int) {
+        guard let base = bytes.baseAddress, offset >= 0, count > 0, offset + count <= bytes.count else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (offset + page - 1) / page * page, end = (offset + count) / page * page
+        if end > start { madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED) }
+    }
+
     public func uint64LE(at offset: Int) -> UInt64? {
         guard let s = slice(offset, 8) else { return nil }
         return UInt64(littleEndian: s.loadUnaligned(as: UInt64.self))

@@ -21,6 +21,9 @@ public struct Bench {
     public var repetitions = 3
     /// Tokens timed per decode measurement.
     public var decodeTokens = 32
+    /// Asked between runs and decoded tokens; once it says yes, a measurement throws
+    /// `CancellationError`.
+    public var isCancelled: () -> Bool = { false }
 
     public init(model: LanguageModel) { self.model = model }
 
@@ -35,11 +38,18 @@ public struct Bench {
         let ids = tokens(n)
         var times: [Double] = []
         for _ in 0..<repetitions {
+            if isCancelled() { throw CancellationError() }
             let start = Date()
             _ = try model.prefill(ids, cache: model.makeCache(), logitsFor: (n - 1)..<n)
             times.append(Date().timeIntervalSince(start))
         }
         return Prefill(tokens: n, seconds: Stat(times))
+    }
+
+    /// The deepest depth at most `depth` that `decode` can measure: any for a model that
+    /// decodes past its context, else one that leaves room for every timed token.
+    public func reachable(_ depth: Int) -> Int {
+        model.canDecodePastContext ? depth : max(0, min(depth, model.config.context - decodeTokens * repetitions))
     }
 
     /// Seconds per decoded token once `depth` tokens are in the cache. Depths past the
@@ -51,10 +61,14 @@ public struct Bench {
         let start = min(depth, model.config.context)
         if start > 0 { _ = try model.prefill(tokens(start), cache: cache, logitsFor: (start - 1)..<start) }
         let filler = tokens(depth - start, offset: start)
-        for t in filler { _ = model.step(t, cache: cache) }
+        for t in filler {
+            if isCancelled() { throw CancellationError() }
+            _ = model.step(t, cache: cache)
+        }
         var times: [Double] = []
         let next = tokens(decodeTokens * repetitions, offset: depth)
         for r in 0..<repetitions {
+            if isCancelled() { throw CancellationError() }
             let t0 = Date()
             for t in next[(r * decodeTokens)..<((r + 1) * decodeTokens)] { _ = model.step(t, cache: cache) }
             times.append(Date().timeIntervalSince(t0) / Double(decodeTokens))

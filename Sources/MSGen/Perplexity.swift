@@ -4,7 +4,7 @@ import MSKernels
 import MSModels
 import MSTokenizer
 
-/// Perplexity of a token stream with the windows of DESIGN §6: windows of C tokens start
+/// Perplexity of a token stream with the windows `msgen perplexity --help` describes: windows of C tokens start
 /// every S tokens, and each scores — given the tokens before them in the window — only
 /// the tokens no earlier window scored. The first token is context only. Scoring uses the
 /// batched forward (matrix-matrix), one window per thread.
@@ -75,8 +75,11 @@ public struct Scorer {
     /// products use `Kernels.threads` threads, so for one window per core set that to 1
     /// first (as `msgen perplexity` does). Scoring never changes it: it is process-wide,
     /// and changing it while other threads are in OpenBLAS alters their results.
+    /// `isCancelled` is asked before each window (each token with `stream`); once it says
+    /// yes, scoring throws `CancellationError` when the windows under way are done.
     public func score(_ ids: [Int], context c: Int, stride s: Int, stream: Bool = false, base: LanguageModel? = nil,
-                      threads: Int = 1, progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
+                      threads: Int = 1, isCancelled: () -> Bool = { false },
+                      progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
         let started = Date()
         var result = Result()
         if stream {
@@ -87,6 +90,7 @@ public struct Scorer {
             let chunk = max(1, min(model.config.context, Scorer.streamChunk))
             let cache = model.makeCache(), baseCache = base?.makeCache()
             try model.prefill(chunked: ids, cache: cache, chunk: chunk) { logits, rows in
+                if isCancelled() { throw CancellationError() }
                 let baseLogits = try base.map { try $0.prefill(Array(ids[rows]), cache: baseCache!, logitsFor: 0..<rows.count) }
                 add(logits, baseLogits, ids: ids, positions: (rows.lowerBound + 1)..<min(rows.upperBound + 1, ids.count), to: &result)
                 progress(result.count, ids.count - 1)
@@ -102,6 +106,7 @@ public struct Scorer {
             parts.withUnsafeMutableBufferPointer { out in
                 DispatchQueue.concurrentPerform(iterations: workers) { w in
                     for i in stride(from: w, to: windows.count, by: workers) {
+                        guard !isCancelled() else { out[i] = .failure(CancellationError()); continue }
                         out[i] = Swift.Result { try scoreWindow(windows[i], ids: ids, base: base) }
                         lock.withLock {
                             scored += (try? out[i].get().count) ?? 0
@@ -116,7 +121,7 @@ public struct Scorer {
         return result
     }
 
-    /// One window of DESIGN §6: the batched forward over [start, end), scoring [first, end).
+    /// One window: the batched forward over [start, end), scoring [first, end).
     func scoreWindow(_ w: Window, ids: [Int], base: LanguageModel?) throws -> Result {
         let window = Array(ids[w.start..<w.end])
         let rows = (w.first - w.start - 1)..<(w.end - w.start - 1)

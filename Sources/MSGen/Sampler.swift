@@ -26,7 +26,7 @@ public struct SamplerOptions: Sendable, Equatable {
     public init() {}
 }
 
-public struct Sampler {
+public struct Sampler: Sendable {
     public let options: SamplerOptions
     var rng: SplitMix64
 
@@ -37,8 +37,13 @@ public struct Sampler {
 
     /// Picks the next token from `logits` given the tokens so far.
     public mutating func sample(_ logits: [Float], history: [Int]) -> Int {
-        var l = logits
-        Sampler.penalize(&l, history: history.suffix(options.repeatLastN), penalty: options.repeatPenalty)
+        logits.withUnsafeBufferPointer { sample($0, history: history) }
+    }
+
+    /// The same, from logits the caller holds (a row of a batch).
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>, history: [Int]) -> Int {
+        var l = Array(logits)
+        Sampler.penalize(&l, history: history.suffix(max(options.repeatLastN, 0)), penalty: options.repeatPenalty)
         if options.temperature <= 0 { return Sampler.argmax(l) }
         let kept = Sampler.candidates(l, topK: options.topK, topP: options.topP, minP: options.minP)
         // Temperature last: softmax(l / T) over the survivors, then one uniform draw.

@@ -7,7 +7,8 @@ import Glibc
 
 /// The numeric kernels of msgen: every BLAS call and every hand-vectorised loop lives
 /// here, behind plain pointer functions, so that the models read as the math and the one
-/// place to tune is small. Float32 throughout; matrices are row-major.
+/// place to tune is small. Activations are float32; weight matrices are f32 here and in
+/// their stored type (f16, bf16, q8) in Linear.swift; matrices are row-major.
 public enum Kernels {
     /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n]): a PyTorch Linear on m rows at once.
     /// Rows of x and y may be strided (`xStride`, `yStride` ≥ k, n).
@@ -199,11 +200,32 @@ public enum Kernels {
     public static let causalBlock = 128
     public static func causalScratch(keys: Int) -> Int { causalBlock * keys }
 
-    /// Whether the element-wise loops run their AVX2 + FMA copies, on this thread (true by
-    /// default where the CPU has both; setting true elsewhere leaves it false).
+    /// Which compiled copy of the C kernels runs (CVector): each level includes the ones
+    /// below it.
+    public enum Level: Int, Comparable, CaseIterable, Sendable {
+        case baseline = 0     // plain x86-64, or any other CPU
+        case avx2 = 1         // AVX2 + FMA + F16C
+        case avx512 = 2       // + AVX-512 F/BW/VL/DQ
+        case avx512vnni = 3   // + AVX-512 VNNI (q8 dot products)
+        public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
+        /// The best level this CPU runs.
+        public static var cpu: Level { Level(rawValue: Int(msgen_cpu_level())) ?? .baseline }
+    }
+
+    /// The level this thread runs (by default `Level.cpu`; setting a higher one than the
+    /// CPU's gives the CPU's). Per thread, so that a test can check a lower copy without
+    /// changing other threads; kernels that split work over threads pass the caller's
+    /// level to every worker.
+    public static var level: Level {
+        get { Level(rawValue: Int(msgen_vector_level())) ?? .baseline }
+        set { msgen_vector_set_level(Int32(newValue.rawValue)) }
+    }
+
+    /// Whether this thread runs at least the AVX2 + FMA copies (setting false: the
+    /// baseline ones; true: the best the CPU has).
     public static var avx2: Bool {
-        get { msgen_vector_avx2() != 0 }
-        set { msgen_vector_set_avx2(newValue ? 1 : 0) }
+        get { level >= .avx2 }
+        set { level = newValue ? .cpu : .baseline }
     }
 
     /// The number of threads OpenBLAS uses, process-wide. Set it only while no other

@@ -40,6 +40,19 @@ extension LanguageModel {
         }
     }
 
+    /// Prefills a prompt of any length (past the context for a model that decodes past
+    /// it) in chunks of at most the context, and returns the logits of its last token.
+    public func prefill(prompt tokens: [Int], cache: DecoderCache) throws -> [Float] {
+        let chunk = max(1, min(config.context, 1024))
+        var start = 0, last: [Float] = []
+        while start < tokens.count {
+            let end = min(tokens.count, start + chunk)
+            last = try prefill(Array(tokens[start..<end]), cache: cache, logitsFor: end == tokens.count ? (end - start - 1)..<(end - start) : 0..<0)
+            start = end
+        }
+        return last
+    }
+
     /// The checks every prefill makes before it touches the cache.
     public func checkPrefill(_ tokens: [Int], at position: Int) throws {
         try check(tokens.allSatisfy { $0 >= 0 && $0 < config.vocabSize }, "token id out of range for a vocabulary of \(config.vocabSize)")
@@ -122,6 +135,8 @@ public enum Architectures {
         CSTDecoder.architecture,
         TransformerDecoder.architecture,
         MSTransEncoder.architecture,
+        TopDownDecoder.architecture,
+        BottomUpDecoder.architecture,
     ]
     private static let lock = NSLock()
 
@@ -145,28 +160,34 @@ public enum Architectures {
 
     /// Builds a model from a config and its tensors, checking every key and every tensor.
     /// Also returns the tensor names in the model's natural order.
-    public static func load(config: JSONValue, tensors: [String: Tensor]) throws -> (model: Architecture.Model, names: [String]) {
+    public static func load(config: JSONValue, tensors: [String: Tensor]) throws
+        -> (model: Architecture.Model, names: [String], weights: WeightSummary) {
         let a = try named(in: config)
         let reader = try ConfigReader(config)
         let weights = Weights(tensors, architecture: a.name)
         let model = try a.build(reader, weights)
         try weights.finish()
-        return (model, weights.names)
+        return (model, weights.names, weights.summary)
     }
 }
 
 extension Architectures {
     /// A language model from a config and its tensors; `file` names it in messages.
     public static func languageModel(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor], file: String = "the model") throws -> LanguageModel {
-        guard case .languageModel(let m) = try load(config, tensors, as: "language model", file: file, command: "this command") else {
-            preconditionFailure("load checks the kind")
-        }
-        return m
+        try languageModelAndWeights(config: config, tensors: try tensors(), file: file).model
+    }
+
+    /// The same, with what its weights take.
+    public static func languageModelAndWeights(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor],
+                                               file: String = "the model") throws -> (model: LanguageModel, weights: WeightSummary) {
+        let loaded = try load(config, tensors, as: "language model", file: file, command: "this command")
+        guard case .languageModel(let m) = loaded.model else { preconditionFailure("load checks the kind") }
+        return (m, loaded.weights)
     }
 
     /// A text classifier from a config and its tensors.
     public static func classifier(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor], file: String = "the model") throws -> TextClassifier {
-        guard case .classifier(let c) = try load(config, tensors, as: "classifier", file: file, command: "classify") else {
+        guard case .classifier(let c) = try load(config, tensors, as: "classifier", file: file, command: "classify").model else {
             preconditionFailure("load checks the kind")
         }
         return c
@@ -175,13 +196,13 @@ extension Architectures {
     /// Checks that the config's architecture is of the kind a command needs before the
     /// tensors are read, then builds the model.
     private static func load(_ config: JSONValue, _ tensors: () throws -> [String: Tensor], as kind: String, file: String,
-                             command: String) throws -> Architecture.Model {
+                             command: String) throws -> (model: Architecture.Model, names: [String], weights: WeightSummary) {
         let a = try named(in: config)
         guard a.kind == kind else {
             let wanted = all.filter { $0.kind == kind }.map(\.name).joined(separator: " or ")
             throw MSGenError("\(file) is \(article(a.name)) \(a.name) (a \(a.kind)); \(command) needs \(article(kind)) \(kind) (\(wanted))")
         }
-        return try load(config: config, tensors: try tensors()).model
+        return try load(config: config, tensors: try tensors())
     }
 
     private static func article(_ word: String) -> String { "aeiou".contains(word.first ?? "x") ? "an" : "a" }
@@ -200,6 +221,11 @@ extension Checkpoint {
 /// Opens a model file as a language model.
 public func loadLanguageModel(_ file: MSZFile) throws -> LanguageModel {
     try Architectures.languageModel(config: file.config, tensors: try file.load(), file: (file.path as NSString).lastPathComponent)
+}
+
+/// Opens a model file as a language model, with what its weights take in memory.
+public func openLanguageModel(_ file: MSZFile) throws -> (model: LanguageModel, weights: WeightSummary) {
+    try Architectures.languageModelAndWeights(config: file.config, tensors: try file.load(), file: (file.path as NSString).lastPathComponent)
 }
 
 /// Opens a model file as a text classifier.

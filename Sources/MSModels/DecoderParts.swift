@@ -26,19 +26,22 @@ struct FeedForward {
     }
 }
 
-/// The token embedding table [V, D]: row t is token t's vector.
+/// The token embedding table [V, D] in its stored dtype: row t is token t's vector.
 struct Embedding {
-    let table: Floats
-    let dModel: Int
+    let table: WeightMatrix
+    let owner: AnyObject
 
     init(_ w: Weights, config c: CommonConfig) throws {
-        table = try w.tensor("embed.weight", [c.vocabSize, c.dModel])
-        dModel = c.dModel
+        (table, owner) = try w.matrix("embed.weight", rows: c.vocabSize, cols: c.dModel)
     }
 
+    /// The rows of `tokens`, as float32, one after another.
     func callAsFunction(_ tokens: [Int], into h: UnsafeMutablePointer<Float>) {
-        for (i, t) in tokens.enumerated() { (h + i * dModel).update(from: table.row(t, dModel), count: dModel) }
+        for (i, t) in tokens.enumerated() { Kernels.widen(table.rows(t..<(t + 1)), into: h + i * table.cols) }
     }
+
+    /// The tied output projection: the same matrix as a Linear.
+    var asLinear: Linear { Linear(weight: table, bias: nil, owner: owner) }
 }
 
 /// The final norm and the output projection (the embedding itself when tied).
@@ -49,8 +52,12 @@ struct OutputHead {
 
     init(_ w: Weights, config c: CommonConfig, embedding: Embedding) throws {
         norm = try w.norm("norm_f", c.dModel)
-        head = try c.tieEmbeddings ? Linear(weight: embedding.table, bias: nil, in: c.dModel, out: c.vocabSize)
-            : w.linear("lm_head", out: c.vocabSize, in: c.dModel, bias: false)
+        if c.tieEmbeddings {
+            head = embedding.asLinear
+            w.readsEveryToken(head)
+        } else {
+            head = try w.linear("lm_head", out: c.vocabSize, in: c.dModel, bias: false)
+        }
         eps = c.normEps
     }
 
@@ -63,6 +70,119 @@ struct OutputHead {
         return [Float](unsafeUninitializedCapacity: rows * V) { out, done in
             head.apply(u.p, rows: rows, into: out.baseAddress!)
             done = rows * V
+        }
+    }
+}
+
+/// §2's pre-norm GPT-2 block: h += MHA(LN1(h))·Woᵀ + bo with causal attention, then the
+/// MLP sublayer. The baseline is a stack of these; the multi-scale decoders run one stack
+/// per scale, over that scale's rows.
+struct DecoderBlock {
+    let norm1: (weight: Floats, bias: Floats)
+    let qkv: Linear          // [Wq; Wk; Wv]: one [3D, D] product
+    let o: Linear
+    let ffn: FeedForward
+
+    /// Reads `prefix` + norm1, attn.{q,k,v,o}_proj, norm2, mlp.fc1, mlp.fc2, in that order.
+    init(_ w: Weights, prefix p: String, config c: CommonConfig) throws {
+        let D = c.dModel
+        norm1 = try w.norm(p + "norm1", D)
+        qkv = try w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+        o = try w.linear(p + "attn.o_proj", out: D, in: D)
+        ffn = try FeedForward(w, prefix: p, config: c)
+    }
+}
+
+/// The keys and values of one block's rows so far, for one sequence. Rows below the
+/// owner's position are filled; the rest is allocated but untouched (no resident memory).
+final class KVRows {
+    let k, v: Floats    // [capacity, D]
+    let D: Int
+
+    init(capacity: Int, D: Int) {
+        k = Floats(count: capacity * D, zeroed: false); v = Floats(count: capacity * D, zeroed: false); self.D = D
+    }
+
+    /// Stores the key and value of the row at `position` from its [q | k | v] row.
+    func append(_ qkv: UnsafePointer<Float>, at position: Int) {
+        k.row(position, D).update(from: qkv + D, count: D)
+        v.row(position, D).update(from: qkv + 2 * D, count: D)
+    }
+
+    /// The first `rows` keys, then values (for tests comparing two caches).
+    func state(rows: Int) -> [Float] {
+        Array(UnsafeBufferPointer(start: k.p, count: rows * D)) + Array(UnsafeBufferPointer(start: v.p, count: rows * D))
+    }
+}
+
+/// A stack of `DecoderBlock`s run causally over the rows of a sequence, with one `KVRows`
+/// per block as its state: in one pass over many new rows of one sequence (`forward`), or
+/// one new row of each of several sequences (`step`). Both leave the same state.
+struct BlockStack {
+    let blocks: [DecoderBlock]
+    let D, H, dh, dFF: Int
+    let scale, eps: Float
+
+    /// Blocks `prefix`0., `prefix`1., … (e.g. "layers." or "scales.1.layers.").
+    init(_ w: Weights, prefix: String, count: Int, config c: CommonConfig) throws {
+        blocks = try (0..<count).map { try DecoderBlock(w, prefix: "\(prefix)\($0).", config: c) }
+        D = c.dModel; H = c.nHeads; dh = c.dHead; dFF = c.dFF; eps = c.normEps
+        scale = 1 / Float(dh).squareRoot()
+    }
+
+    /// Empty state for a sequence of at most `capacity` rows.
+    func makeState(capacity: Int) -> [KVRows] { blocks.map { _ in KVRows(capacity: capacity, D: D) } }
+
+    /// T new rows of one sequence, at positions start ..< start+T, in place in h [T, D]:
+    /// row i attends to every cached row and to the new rows up to itself.
+    func forward(_ h: UnsafeMutablePointer<Float>, rows T: Int, start: Int, state: [KVRows]) {
+        guard T > 0 else { return }
+        let D = D
+        // Activations, each written in full before it is read: not zeroed first.
+        let u = Floats(count: T * D, zeroed: false), qkv = Floats(count: T * 3 * D, zeroed: false)
+        let a = Floats(count: T * D, zeroed: false), f = Floats(count: T * dFF, zeroed: false)
+        // Score rows of the causal attention, shared by every block and head.
+        let scratch = Floats(count: Kernels.causalScratch(keys: start + T), zeroed: false)
+        for (li, l) in blocks.enumerated() {
+            let s = state[li]
+            Kernels.layerNorm(h, rows: T, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: eps, into: u.p)
+            l.qkv.apply(u.p, rows: T, into: qkv.p)
+            for i in 0..<T { s.append(qkv.row(i, 3 * D), at: start + i) }
+            for hd in 0..<H {
+                Kernels.causalAttention(queries: qkv.p + hd * dh, queryStride: 3 * D, keys: s.k.p + hd * dh, keyStride: D,
+                                        values: s.v.p + hd * dh, valueStride: D, start: start, count: T, headDim: dh,
+                                        scale: scale, scratch: scratch.p, into: a.p + hd * dh, outStride: D)
+            }
+            l.o.apply(a.p, rows: T, into: h, accumulate: true)
+            l.ffn.apply(h, rows: T, u: u.p, f: f.p)
+        }
+    }
+
+    /// One new row of each of B sequences, in place in h [B, D]: row b is at
+    /// `positions[b]` of the sequence whose state is `states[b]`. The products run over
+    /// the batch; attention per sequence over its own rows.
+    func step(_ h: UnsafeMutablePointer<Float>, positions: [Int], states: [[KVRows]]) {
+        let B = positions.count, D = D
+        guard B > 0 else { return }
+        let u = Floats(count: B * D, zeroed: false), qkv = Floats(count: B * 3 * D, zeroed: false)
+        let a = Floats(count: B * D, zeroed: false), f = Floats(count: B * dFF, zeroed: false)
+        let keys = positions.max()! + 1
+        for (li, l) in blocks.enumerated() {
+            Kernels.layerNorm(h, rows: B, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: eps, into: u.p)
+            l.qkv.apply(u.p, rows: B, into: qkv.p)
+            Kernels.parallelFor(B, minimum: 4) { range in
+                let scores = Floats(count: keys, zeroed: false)
+                for b in range {
+                    let s = states[b][li], p = positions[b]
+                    s.append(qkv.row(b, 3 * D), at: p)
+                    for hd in 0..<H {
+                        Kernels.attend(query: qkv.row(b, 3 * D) + hd * dh, keys: s.k.p + hd * dh, keyStride: D, values: s.v.p + hd * dh,
+                                       valueStride: D, count: p + 1, headDim: dh, scale: scale, scores: scores.p, into: a.row(b, D) + hd * dh)
+                    }
+                }
+            }
+            l.o.apply(a.p, rows: B, into: h, accumulate: true)
+            l.ffn.apply(h, rows: B, u: u.p, f: f.p)
         }
     }
 }

@@ -86,7 +86,7 @@ public final class MSTransEncoder: TextClassifier, @unchecked Sendable {
     public var labels: [String] { config.labels }
     let D, H, dh, F, V, C: Int
     let scale: Float
-    let embed: Floats
+    let embed: Embedding
     let layers: [Layer]
     let fc1, fc2: Linear
 
@@ -110,11 +110,11 @@ public final class MSTransEncoder: TextClassifier, @unchecked Sendable {
         D = c.common.dModel; H = c.common.nHeads; dh = c.common.dHead; F = c.common.dFF; V = c.common.vocabSize; C = c.labels.count
         scale = 1 / Float(dh).squareRoot()
         let D = D
-        embed = try w.tensor("embed.weight", [V, D])
+        embed = try Embedding(w, config: c.common)
         layers = try (0..<c.nLayers).map { i in
             let p = "layers.\(i)."
-            return try Layer(qkv: w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D),
-                         o: w.linear(p + "attn.o_proj", out: D, in: D), norm: w.norm(p + "norm", D), scales: c.layerScales[i])
+            return Layer(qkv: try w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D),
+                         o: try w.linear(p + "attn.o_proj", out: D, in: D), norm: try w.norm(p + "norm", D), scales: c.layerScales[i])
         }
         fc1 = try w.linear("classifier.fc1", out: F, in: 2 * D)
         fc2 = try w.linear("classifier.fc2", out: C, in: F)
@@ -156,7 +156,7 @@ public final class MSTransEncoder: TextClassifier, @unchecked Sendable {
         let n = tokens.count
         let h = Floats(count: n * D), qkv = Floats(count: n * 3 * D), a = Floats(count: n * D), y = Floats(count: n * D)
         let scores = Floats(count: n)
-        for (i, t) in tokens.enumerated() { h.row(i, D).update(from: embed.row(t, D), count: D) }
+        embed(tokens, into: h.p)
 
         for l in layers {
             l.qkv.apply(h.p, rows: n, into: qkv.p)

@@ -34,45 +34,73 @@ public final class Floats: @unchecked Sendable {
     public func zero() { p.update(repeating: 0, count: count) }
 }
 
-/// A PyTorch Linear layer as a value: y = x·Wᵀ + b with W stored [out, in]. Every matrix
-/// product of the models goes through `apply`; the kernels behind it live in MSKernels.
-/// A fused projection (Q, K and V stacked) is one Linear whose row ranges are Linears too.
-/// The weight is float32 today; the stored dtypes (f16, bf16, q8) belong here.
+/// A PyTorch Linear layer as a value: y = x·Wᵀ + b with W stored [out, in], in the dtype
+/// the file stores it in (f32, f16, bf16 or q8: the kernels read each directly). Every
+/// matrix product of the models goes through `apply`; the kernels behind it live in
+/// MSKernels. A fused projection (Q, K and V stacked) is one Linear whose row ranges are
+/// Linears too.
 public struct Linear: @unchecked Sendable {
-    let weight: Floats
+    public let weight: WeightMatrix
     let bias: Floats?
-    /// The first row of `weight` (and of `bias`) this layer uses.
-    let firstRow: Int
-    public let inFeatures: Int
-    public let outFeatures: Int
+    /// The first row of `bias` this layer uses (a row range of a fused layer).
+    let biasOffset: Int
+    /// What keeps the weight's bytes alive: the loaded tensor, or a buffer made at load.
+    let owner: AnyObject
 
-    init(weight: Floats, bias: Floats?, in i: Int, out o: Int, firstRow: Int = 0) {
-        self.weight = weight; self.bias = bias; inFeatures = i; outFeatures = o; self.firstRow = firstRow
+    init(weight: WeightMatrix, bias: Floats?, owner: AnyObject, biasOffset: Int = 0) {
+        self.weight = weight; self.bias = bias; self.owner = owner; self.biasOffset = biasOffset
     }
+
+    /// A float32 weight [out, in] in `w`'s memory.
+    init(_ w: Floats, bias: Floats?, in i: Int, out o: Int) {
+        self.init(weight: WeightMatrix(type: .f32, data: w.p, rows: o, cols: i), bias: bias, owner: w)
+    }
+
+    public var inFeatures: Int { weight.cols }
+    public var outFeatures: Int { weight.rows }
+    public var dtype: WeightType { weight.type }
+    /// Bytes the weight and bias take in memory.
+    public var byteCount: Int { weight.byteCount + (bias == nil ? 0 : 4 * outFeatures) }
 
     /// y[rows, out] = x[rows, in]·Wᵀ + b, or y += that with `accumulate`. Rows of x and y
     /// may be strided.
     public func apply(_ x: UnsafePointer<Float>, rows: Int, xStride: Int? = nil, into y: UnsafeMutablePointer<Float>,
                       yStride: Int? = nil, accumulate: Bool = false) {
         guard rows > 0 else { return }
-        Kernels.linear(x, rows: rows, in: inFeatures, xStride: xStride, weight: weight.row(firstRow, inFeatures), out: outFeatures,
-                       bias: bias.map { UnsafePointer($0.p + firstRow) }, into: y, yStride: yStride, accumulate: accumulate)
+        Kernels.linear(x, rows: rows, xStride: xStride, weight: weight, bias: bias.map { UnsafePointer($0.p + biasOffset) },
+                       into: y, yStride: yStride, accumulate: accumulate)
     }
 
     /// Output rows `r` only: one of the projections of a fused layer.
     public func rows(_ r: Range<Int>) -> Linear {
-        precondition(r.lowerBound >= 0 && r.upperBound <= outFeatures, "rows \(r) of a Linear with \(outFeatures) outputs")
-        return Linear(weight: weight, bias: bias, in: inFeatures, out: r.count, firstRow: firstRow + r.lowerBound)
+        Linear(weight: weight.rows(r), bias: bias, owner: owner, biasOffset: biasOffset + r.lowerBound)
     }
 
     /// The same weight without the bias: x·Wᵀ alone.
-    public var withoutBias: Linear { Linear(weight: weight, bias: nil, in: inFeatures, out: outFeatures, firstRow: firstRow) }
+    public var withoutBias: Linear { Linear(weight: weight, bias: nil, owner: owner) }
 
     /// x·Wᵀ (+ b) of `rows` rows into a new buffer.
     public func callAsFunction(_ x: UnsafePointer<Float>, rows: Int) -> Floats {
         let y = Floats(count: rows * outFeatures, zeroed: false)
         apply(x, rows: rows, into: y.p)
         return y
+    }
+}
+
+/// What a loaded model's weights take in memory, and what decoding reads per token.
+public struct WeightSummary: Sendable, Equatable {
+    /// Matrices (kept in their stored dtype), by dtype.
+    public var matrixBytes: [WeightType: Int] = [:]
+    /// Vectors and small tables (norms, biases, positions), widened to f32.
+    public var vectorBytes = 0
+    /// Bytes of the Linear weights one decoded token reads (every matrix product once).
+    public var bytesPerToken = 0
+
+    public init() {}
+    public var residentBytes: Int { matrixBytes.values.reduce(vectorBytes, +) }
+    /// "q8", or "f16 + f32" when matrices are stored in several dtypes.
+    public var dtype: String {
+        matrixBytes.filter { $0.value > 0 }.keys.map(\.rawValue).sorted().joined(separator: " + ")
     }
 }
 
@@ -96,6 +124,8 @@ public final class Weights {
     /// then layer by layer), which `convert` stores them in.
     public private(set) var names: [String] = []
     private var problems: [String] = []
+    /// What the loaded model holds, for `bench` and `inspect`.
+    public private(set) var summary = WeightSummary()
 
     public init(_ tensors: [String: Tensor], architecture: String) {
         self.tensors = tensors
@@ -114,6 +144,7 @@ public final class Weights {
         if t.shape != shape { problems.append("\(name) has shape \(shapeString(t.shape)), config needs \(shapeString(shape))"); ok = false }
         if !t.dtype.isFloat { problems.append("\(name) has dtype \(t.dtype), weights must be f32, f16, bf16 or q8"); ok = false }
         guard ok else { return try placeholder(shape) }
+        summary.vectorBytes += 4 * t.count
         if t.dtype == .f32 { return Floats(t) }
         let f = Floats(count: t.count, zeroed: false)
         t.decode(into: f.p)
@@ -132,20 +163,55 @@ public final class Weights {
         return Floats(count: n!)
     }
 
-    /// `prefix.weight` [out, in] and, with `bias`, `prefix.bias` [out].
-    public func linear(_ prefix: String, out: Int, in: Int, bias: Bool = true) throws -> Linear {
-        Linear(weight: try tensor(prefix + ".weight", [out, `in`]), bias: bias ? try tensor(prefix + ".bias", [out]) : nil, in: `in`, out: out)
+    /// A matrix [rows, cols] in the dtype it is stored in, without a copy.
+    public func matrix(_ name: String, rows: Int, cols: Int) throws -> (matrix: WeightMatrix, owner: AnyObject) {
+        if let t = tensors[name], let type = WeightType(rawValue: t.dtype.rawValue), t.shape == [rows, cols] {
+            names.append(name)
+            summary.matrixBytes[type, default: 0] += t.byteCount
+            return (WeightMatrix(type: type, data: t.storage.bytes.baseAddress!, rows: rows, cols: cols), t.storage)
+        }
+        let f = try tensor(name, [rows, cols])  // records what is wrong
+        return (WeightMatrix(type: .f32, data: f.p, rows: rows, cols: cols), f)
     }
 
-    /// Several Linears of the same input stacked into one (Q, K, V → one [3D, D] product).
+    /// `prefix.weight` [out, in] and, with `bias`, `prefix.bias` [out].
+    public func linear(_ prefix: String, out: Int, in: Int, bias: Bool = true) throws -> Linear {
+        let w = try matrix(prefix + ".weight", rows: out, cols: `in`)
+        summary.bytesPerToken += w.matrix.byteCount
+        return Linear(weight: w.matrix, bias: bias ? try tensor(prefix + ".bias", [out]) : nil, owner: w.owner)
+    }
+
+    /// Counts a Linear made from a matrix read otherwise (a tied output projection) as
+    /// one that every decoded token reads.
+    func readsEveryToken(_ l: Linear) { summary.bytesPerToken += l.weight.byteCount }
+
+    /// Several Linears of the same input stacked into one (Q, K, V → one [3D, D] product):
+    /// their rows side by side in their stored dtype (widened to f32 if they differ).
     public func fused(_ prefixes: [String], out: Int, in: Int) throws -> Linear {
         let parts = try prefixes.map { try linear($0, out: out, in: `in`) }
-        let w = Floats(count: parts.count * out * `in`, zeroed: false), b = Floats(count: parts.count * out, zeroed: false)
+        let b = Floats(count: parts.count * out, zeroed: false)
+        for (i, part) in parts.enumerated() { b.row(i, out).update(from: part.bias!.p, count: out) }
+        let type = parts.allSatisfy({ $0.dtype == parts[0].dtype }) ? parts[0].dtype : .f32
+        let rowBytes = type.rowBytes(cols: `in`)
+        let storage = TensorStorage(byteCount: parts.count * out * rowBytes)
         for (i, part) in parts.enumerated() {
-            w.row(i * out, `in`).update(from: part.weight.p, count: out * `in`)
-            b.row(i, out).update(from: part.bias!.p, count: out)
+            let dst = storage.bytes.baseAddress! + i * out * rowBytes
+            if part.dtype == type {
+                dst.copyMemory(from: part.weight.data, byteCount: out * rowBytes)
+            } else {
+                Kernels.widen(part.weight, into: dst.assumingMemoryBound(to: Float.self))
+            }
         }
-        return Linear(weight: w, bias: b, in: `in`, out: parts.count * out)
+        let w = WeightMatrix(type: type, data: storage.bytes.baseAddress!, rows: parts.count * out, cols: `in`)
+        // The parts are released; the stacked copy is what stays (and is read).
+        for part in parts {
+            summary.matrixBytes[part.dtype, default: 0] -= part.weight.byteCount
+            summary.bytesPerToken -= part.weight.byteCount
+        }
+        summary.matrixBytes[type, default: 0] += w.byteCount
+        summary.bytesPerToken += w.byteCount
+        summary.vectorBytes += 4 * b.count - parts.reduce(0) { $0 + 4 * $1.outFeatures }
+        return Linear(weight: w, bias: b, owner: storage)
     }
 
     /// LayerNorm `prefix.weight` and `prefix.bias`, both [dim].

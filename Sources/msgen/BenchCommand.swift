@@ -17,10 +17,9 @@ struct BenchCommand: ParsableCommand {
         """
     )
 
-    @Option(help: "Model file (default: the bundled model).")
-    var model: String?
+    @OptionGroup var common: ModelOptions
 
-    @Option(parsing: .upToNextOption, help: "Context depths to measure at.")
+    @Option(name: [.customShort("c"), .long], parsing: .upToNextOption, help: "Context depths to measure at.")
     var context: [Int] = [256, 1024, 4096, 8192]
 
     @Option(help: "Runs per measurement.")
@@ -29,11 +28,11 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("decode-tokens"), help: "Tokens timed per decode run.")
     var decodeTokens = 32
 
-    @Option(help: "Threads for matrix work (default: all cores).")
-    var threads: Int?
-
     @Flag(help: "Print one JSON object.")
     var json = false
+
+    @Flag(help: "Also measure this machine's memory read bandwidth (reads a 256 MB buffer), to compare decode against.")
+    var bandwidth = false
 
     func validate() throws {
         guard !context.isEmpty, context.allSatisfy({ $0 >= 1 }) else { throw MSGenError("--context depths must be ≥ 1") }
@@ -42,39 +41,70 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         Output.setUp()
-        if let threads { Kernels.threads = threads }
-        let path = try model ?? BundledModel.path()
+        Interrupt.install()
+        common.applyThreads()
+        let path = try common.path()
         let t0 = Date()
         let file = try MSZFile(path: path)
-        let lm = try loadLanguageModel(file)
+        let (lm, weights) = try openLanguageModel(file)
         let loadSeconds = Date().timeIntervalSince(t0)
-        let weightBytes = file.tensors.reduce(0) { $0 + (elementCount($1.shape) ?? 0) } * 4
         var bench = Bench(model: lm)
         bench.repetitions = repetitions
         bench.decodeTokens = decodeTokens
-
-        var prefills: [Bench.Prefill] = [], decodes: [Bench.Decode] = []
-        for depth in context {
-            let n = min(depth, lm.config.context)
-            if !prefills.contains(where: { $0.tokens == n }) { prefills.append(try bench.prefill(n)) }
-            guard lm.canDecodePastContext || depth + decodeTokens * repetitions <= lm.config.context else {
-                Terminal.note("depth \(depth): skipped, past this model's context of \(lm.config.context)")
-                continue
-            }
-            decodes.append(try bench.decode(depth: depth))
-            if !json, let d = decodes.last, let p = prefills.last {
-                Terminal.note(String(format: "depth %5d: prefill %d tokens %.0f tokens/s, decode %.3f ms/token (%.0f tokens/s)",
-                                     depth, p.tokens, Double(p.tokens) / p.seconds.median,
-                                     d.secondsPerToken.median * 1e3, 1 / d.secondsPerToken.median))
-            }
+        bench.isCancelled = { Interrupt.requested }
+        if !lm.canDecodePastContext && decodeTokens * repetitions >= lm.config.context {
+            // A small model's context cannot hold every timed token: time fewer per run.
+            bench.decodeTokens = (lm.config.context - 1) / repetitions
+            try check(bench.decodeTokens >= 1, "--repetitions \(repetitions) does not fit this model's context of \(lm.config.context)")
+            Terminal.note("note: \(bench.decodeTokens) decode tokens per run, to fit this model's context of \(lm.config.context)")
         }
+        var report = Report(path: path, model: lm, loadSeconds: loadSeconds, weights: weights)
+        do {
+            for depth in context {
+                let n = min(depth, lm.config.context)
+                if !report.prefills.contains(where: { $0.tokens == n }) { report.prefills.append(try bench.prefill(n)) }
+                // Past the context of a model that cannot decode there: as deep as it goes.
+                let reached = bench.reachable(depth)
+                if reached < depth {
+                    Terminal.note("depth \(depth): past this model's context of \(lm.config.context); decode measured at depth \(reached)")
+                }
+                guard !report.decodes.contains(where: { $0.depth == reached }) else { continue }
+                report.decodes.append(try bench.decode(depth: reached))
+                if !json, let d = report.decodes.last, let p = report.prefills.last {
+                    Terminal.note(String(format: "depth %5d: prefill %d tokens %.0f tokens/s, decode %.3f ms/token (%.0f tokens/s)",
+                                         d.depth, p.tokens, Double(p.tokens) / p.seconds.median,
+                                         d.secondsPerToken.median * 1e3, 1 / d.secondsPerToken.median))
+                }
+            }
+        } catch is CancellationError {
+            report.interrupted = true
+        }
+        // After the runs, so that the probe's buffer is not in the peak RSS reported above.
+        if bandwidth && !report.interrupted { report.readBandwidth = Kernels.measureReadBandwidth() }
+        Output.write(json ? report.json() : report.text())
+        if report.interrupted { throw ExitCode(130) }
+    }
+
+    /// What was measured (all of it, or what was done before Ctrl-C).
+    struct Report {
+        let path: String, model: LanguageModel, loadSeconds: Double, weights: WeightSummary
+        var prefills: [Bench.Prefill] = [], decodes: [Bench.Decode] = []
+        var interrupted = false
         let rss = peakResidentBytes()
-        if json {
+        /// GB/s (10⁹ bytes/s) this machine reads memory at, with --bandwidth.
+        var readBandwidth: Double?
+
+        /// Weight bytes one decoded token reads × tokens/s, in GB/s.
+        func weightBandwidth(_ d: Bench.Decode) -> Double { Double(weights.bytesPerToken) / d.secondsPerToken.median / 1e9 }
+
+        func json() -> String {
             func stat(_ s: Bench.Stat) -> JSONValue { .object(["median": .number(s.median), "min": .number(s.min), "max": .number(s.max)]) }
-            let o: [String: JSONValue] = [
-                "model": .string(path), "architecture": .string(lm.config.architecture),
-                "context": .number(Double(lm.config.context)), "threads": .number(Double(Kernels.threads)),
-                "load_seconds": .number(loadSeconds), "weight_bytes": .number(Double(weightBytes)),
+            var o: [String: JSONValue] = [
+                "model": .string(path), "architecture": .string(model.config.architecture),
+                "context": .number(Double(model.config.context)), "threads": .number(Double(Kernels.threads)),
+                "load_seconds": .number(loadSeconds), "weight_dtype": .string(weights.dtype),
+                "weight_bytes": .number(Double(weights.residentBytes)), "weight_bytes_per_token": .number(Double(weights.bytesPerToken)),
+                "cpu_kernels": .string("\(Kernels.level)"),
                 "peak_rss_bytes": .number(Double(rss)),
                 "prefill": .array(prefills.map { p in
                     .object(["tokens": .number(Double(p.tokens)), "seconds": stat(p.seconds),
@@ -83,24 +113,35 @@ struct BenchCommand: ParsableCommand {
                 "decode": .array(decodes.map { d in
                     .object(["depth": .number(Double(d.depth)), "seconds_per_token": stat(d.secondsPerToken),
                              "tokens_per_second": .number(1 / d.secondsPerToken.median),
-                             "cache_bytes": .number(Double(d.cacheBytes))])
+                             "cache_bytes": .number(Double(d.cacheBytes)), "weight_gb_per_second": .number(weightBandwidth(d))])
                 }),
             ]
-            Output.write(JSONValue.object(o).compactText + "\n")
-        } else {
-            print("model \(path): \(lm.config.architecture), context \(lm.config.context), \(Kernels.threads) threads")
-            print(String(format: "load %.3f s; weights %@ (f32); peak RSS %@", loadSeconds, humanBytes(weightBytes), humanBytes(rss)))
-            print("  prefill tokens   tokens/s (median, min-max)")
+            if let readBandwidth { o["read_bandwidth_gb_per_second"] = .number(readBandwidth) }
+            if interrupted { o["interrupted"] = .bool(true) }
+            return JSONValue.object(o).compactText + "\n"
+        }
+
+        func text() -> String {
+            var lines = [
+                "model \(path): \(model.config.architecture), context \(model.config.context), \(Kernels.threads) threads",
+                String(format: "load %.3f s; weights %@ in memory (%@ matrices, f32 vectors), %@ read per token; %@ kernels; peak RSS %@",
+                       loadSeconds, humanBytes(weights.residentBytes), weights.dtype, humanBytes(weights.bytesPerToken),
+                       "\(Kernels.level)", humanBytes(rss)),
+                "  prefill tokens   tokens/s (median, min-max)",
+            ]
             for p in prefills {
-                print(String(format: "  %14d   %8.0f (%.0f-%.0f)", p.tokens, Double(p.tokens) / p.seconds.median,
-                             Double(p.tokens) / p.seconds.max, Double(p.tokens) / p.seconds.min))
+                lines.append(String(format: "  %14d   %8.0f (%.0f-%.0f)", p.tokens, Double(p.tokens) / p.seconds.median,
+                                    Double(p.tokens) / p.seconds.max, Double(p.tokens) / p.seconds.min))
             }
-            print("  decode depth   ms/token (median, min-max)   tokens/s   cache")
+            lines.append("  decode depth   ms/token (median, min-max)   tokens/s   weights GB/s   cache")
             for d in decodes {
                 let s = d.secondsPerToken
-                print(String(format: "  %12d   %8.3f (%.3f-%.3f)   %8.0f   %@", d.depth, s.median * 1e3, s.min * 1e3, s.max * 1e3,
-                             1 / s.median, humanBytes(d.cacheBytes)))
+                lines.append(String(format: "  %12d   %8.3f (%.3f-%.3f)   %8.0f   %12.1f   %@", d.depth, s.median * 1e3, s.min * 1e3, s.max * 1e3,
+                                    1 / s.median, weightBandwidth(d), humanBytes(d.cacheBytes)))
             }
+            if let readBandwidth { lines.append(String(format: "memory read bandwidth %.1f GB/s (%d threads)", readBandwidth, Kernels.threads)) }
+            if interrupted { lines.append("(interrupted)") }
+            return lines.joined(separator: "\n") + "\n"
         }
     }
 }

@@ -21,8 +21,7 @@ struct Classify: ParsableCommand {
     @Argument(help: "Texts to classify; none or \"-\" reads one per line from standard input.")
     var texts: [String] = []
 
-    @Option(help: "Classifier model file (default: the bundled classifier, \(BundledModel.classifier.fileName)).")
-    var model: String?
+    @OptionGroup var common: ModelOptions
 
     @Option(help: "Print the K most likely labels with their probabilities.")
     var top = 1
@@ -30,30 +29,23 @@ struct Classify: ParsableCommand {
     @Flag(help: "Print one JSON object per input instead of tab-separated text.")
     var json = false
 
-    @Option(help: "Threads for matrix work (default: all cores).")
-    var threads: Int?
-
     func validate() throws {
         guard top >= 1 else { throw MSGenError("--top must be ≥ 1") }
-        if let threads, threads < 1 { throw MSGenError("--threads must be ≥ 1") }
     }
 
     func run() throws {
-        if let threads { Kernels.threads = threads }
+        Output.setUp()
+        common.applyThreads()
         let inputs = try readInputs()
-        Output.setUp()  // after reading: until then Ctrl-C simply ends the program
-        let path = try model ?? BundledModel.classifier.path()
-        let file = try MSZFile(path: path)
+        Interrupt.install()
+        let file = try MSZFile(path: try common.path(default: .classifier))
         let classifier = try loadClassifier(file)
-        guard let tokenizerJSON = file.tokenizerJSON else {
-            throw MSGenError("\((path as NSString).lastPathComponent) has no tokenizer; convert it with --tokenizer tokenizer.json")
-        }
-        let tokenizer = try BPETokenizer(json: tokenizerJSON)
+        let tokenizer = try openTokenizer(file)
         let labels = classifier.labels
         let k = min(top, labels.count)
 
         for (index, text) in inputs.enumerated() {
-            if Interrupt.requested { throw ExitCode(130) }
+            if Interrupt.requested { throw ExitCode(130) }  // between inputs
             let ids = tokenizer.encode(text)
             try check(!ids.isEmpty, "input \(index + 1) gives no tokens; there is nothing to classify")
             let result = try classifier.classify(ids)
@@ -77,20 +69,21 @@ struct Classify: ParsableCommand {
         }
     }
 
-    /// The inputs, in order: the arguments, or the non-empty lines of standard input.
+    /// The inputs, in order: the arguments, each "-" (or no argument at all) standing
+    /// for the non-blank lines of standard input.
     func readInputs() throws -> [String] {
-        if !texts.isEmpty && texts != ["-"] {
-            for (i, t) in texts.enumerated() { try check(!t.isEmpty, "input \(i + 1) is empty text; there is nothing to classify") }
-            return texts
+        var out: [String] = []
+        for (i, t) in (texts.isEmpty ? ["-"] : texts).enumerated() {
+            if t == "-" {
+                let lines = Input.lines(try Input.standardInput())
+                try check(!lines.isEmpty, "standard input has no lines to classify")
+                out += lines
+            } else {
+                try check(!t.isEmpty, "input \(i + 1) is empty text; there is nothing to classify")
+                out.append(t)
+            }
         }
-        let data = FileHandle.standardInput.readDataToEndOfFile()
-        guard let text = String(data: data, encoding: .utf8) else { throw MSGenError("standard input is not valid UTF-8") }
-        // "\r\n" is one Character in Swift, so it is a separator of its own.
-        let lines = text.split(whereSeparator: { $0 == "\n" || $0 == "\r\n" })
-            .map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
-            .filter { !$0.isEmpty }
-        try check(!lines.isEmpty, "standard input has no lines to classify")
-        return lines
+        return out
     }
 
     /// A float as JSON in its shortest form (0.873, not 0.87300002574920654).

@@ -3,27 +3,33 @@ import Foundation
 import MSFormat
 import MSGen
 import MSKernels
+import MSTokenizer
 
-struct Generate: AsyncParsableCommand {
+struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stream a continuation of each prompt.",
         discussion: """
-        Each PROMPT argument is its own prompt. With no PROMPT, or "-", the prompt is read \
-        from standard input (one trailing newline removed); with --lines every non-empty \
-        stdin line is its own prompt. Several prompts give several output blocks, each \
-        ending with a newline and separated by an empty line. Text is written as it is \
-        generated; the seed and timings go to stderr. Sampling order: repeat penalty, \
-        top-k, top-p, min-p, temperature (0 = greedy).
+        Each PROMPT argument or -p is its own prompt, then each -f file's text. With none, \
+        or "-", the prompt is read from standard input. A file or standard input loses one \
+        trailing newline; with --lines every non-blank line of it is its own prompt. Several \
+        prompts give several output blocks, each ending with a newline and separated by an \
+        empty line. Text is written as it is generated; the seed and timings go to stderr. \
+        Sampling order: repeat penalty, top-k, top-p, min-p, temperature (0 = greedy).
         """
     )
 
     @Argument(help: "Prompts; none or \"-\" reads standard input.")
     var prompts: [String] = []
 
-    @Option(help: "Model file (default: the bundled model, models/cst-kjv.msz).")
-    var model: String?
+    @OptionGroup var common: ModelOptions
 
-    @Option(name: .customLong("max-tokens"), help: "Stop after this many generated tokens.")
+    @Option(name: [.customShort("p"), .long], help: "A prompt (repeatable), as a PROMPT argument is.")
+    var prompt: [String] = []
+
+    @Option(name: [.customShort("f"), .long], help: "A file whose text is a prompt (repeatable; \"-\" is standard input).")
+    var file: [String] = []
+
+    @Option(name: [.customShort("n"), .customLong("max-tokens")], help: "Stop after this many generated tokens.")
     var maxTokens = 256
 
     @Option(help: "Sampling temperature; 0 is greedy.")
@@ -44,26 +50,31 @@ struct Generate: AsyncParsableCommand {
     @Option(name: .customLong("repeat-last-n"), help: "How many recent tokens the repeat penalty looks at.")
     var repeatLastN = 64
 
-    @Option(help: "Random seed (default: a random one, printed on stderr).")
-    var seed: UInt64?
+    // Unconditional: "-1" (llama.cpp's "random") would otherwise read as an option.
+    @Option(name: [.customShort("s"), .long], parsing: .unconditional,
+            help: "Random seed; -1 or none picks a random one (printed on stderr).", transform: Seed.parse)
+    var seed: Seed?
 
-    @Option(help: "Stop when this text appears (not printed); repeatable.")
+    @Option(name: [.customShort("r"), .long], help: "Stop when this text appears (not printed); repeatable.")
     var stop: [String] = []
 
-    @Flag(help: "Each line of standard input is its own prompt.")
+    @Flag(name: [.customShort("e"), .long], help: "Turn \\n, \\t, \\r, \\\\, \\\" and \\' in prompts and --stop strings into the characters (as llama.cpp's -e).")
+    var escape = false
+
+    @Flag(help: "Each line of standard input (or of a -f file) is its own prompt.")
     var lines = false
 
-    @Flag(help: "Print JSON Lines events (one per token, then one with the stop reason and timings).")
+    @Flag(help: "Print JSON Lines events: one per token with its own text (--stop cuts only the plain output), then one with the stop reason and timings.")
     var json = false
+
+    @Option(help: "With --json, each token event has its logprob and the N most likely tokens with theirs (\"top\").")
+    var logprobs = 0
 
     @Flag(name: .customLong("ignore-eos"), help: "Keep generating after the end-of-text token.")
     var ignoreEOS = false
 
     @Flag(name: .customLong("no-echo"), help: "Do not print the prompt before its continuation.")
     var noEcho = false
-
-    @Option(help: "Threads for matrix work (default: all cores).")
-    var threads: Int?
 
     func validate() throws {
         guard maxTokens >= 0 else { throw MSGenError("--max-tokens must be ≥ 0") }
@@ -72,75 +83,132 @@ struct Generate: AsyncParsableCommand {
         guard topP > 0 && topP <= 1 else { throw MSGenError("--top-p must be in (0, 1]") }
         guard minP >= 0 && minP <= 1 else { throw MSGenError("--min-p must be in [0, 1]") }
         guard repeatPenalty > 0 else { throw MSGenError("--repeat-penalty must be > 0") }
-        if let threads, threads < 1 { throw MSGenError("--threads must be ≥ 1") }
+        guard repeatLastN >= 0 else { throw MSGenError("--repeat-last-n must be ≥ 0") }
+        guard logprobs >= 0 else { throw MSGenError("--logprobs must be ≥ 0") }
+        guard logprobs == 0 || json else { throw MSGenError("--logprobs needs --json (the log-probabilities are fields of its token events)") }
     }
 
-    func run() async throws {
+    func run() throws {
         Output.setUp()
-        if let threads { Kernels.threads = threads }
+        common.applyThreads()
         let inputs = try readPrompts()
-        let generator = try openGenerator(model)
+        Interrupt.install()
+        let generator = try openGenerator(try common.path())
         var options = GenerationOptions()
         options.maxTokens = maxTokens
-        options.stop = stop
+        options.stop = stop.map(escaped)
         options.ignoreEOS = ignoreEOS
+        options.logprobs = logprobs
         options.sampler.temperature = temperature
         options.sampler.topK = topK
         options.sampler.topP = topP
         options.sampler.minP = minP
         options.sampler.repeatPenalty = repeatPenalty
         options.sampler.repeatLastN = repeatLastN
-        options.sampler.seed = seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
+        options.sampler.seed = seed?.value ?? UInt64.random(in: 0...UInt64(UInt32.max))
         Terminal.note("seed \(options.sampler.seed)")
 
         for (index, prompt) in inputs.enumerated() {
-            // Check the prompt before printing anything for it.
-            _ = try generator.promptTokens(prompt)
+            // Tokenized once, and checked before anything is printed for it.
+            let ids = try generator.promptTokens(prompt)
             if !json && index > 0 { Output.write("\n") }
             if !json && !noEcho { Output.write(prompt) }
-            for try await event in generator.stream(prompt, options: options) {
-                if Interrupt.requested { break }
+            var reason = StopReason.maxTokens
+            try generator.generate(ids, options: options, isCancelled: { Interrupt.requested }) { event in
                 switch event {
-                case .token(let id, let text):
-                    Output.write(json ? JSONLine.token(prompt: index, id: id, text: text) : text)
+                case .token(let d):
+                    Output.write(json ? JSONLine.token(prompt: index, d, tokenizer: generator.tokenizer) : d.text)
                 case .done(let s):
-                    if json { Output.write(JSONLine.done(prompt: index, s)) } else { Output.write("\n") }
+                    reason = s.stopReason
+                    if json { Output.write(JSONLine.done(prompt: index, s)) } else { Output.write(s.heldBackText + "\n") }
                     Terminal.note(String(format: "prompt %d tokens in %.3f s; generated %d tokens in %.3f s (%.1f tokens/s); stop: %@",
                                          s.promptTokens, s.prefillSeconds, s.generatedTokens, s.decodeSeconds,
                                          Double(s.generatedTokens) / max(s.decodeSeconds, 1e-9), s.stopReason.rawValue))
                 }
             }
-            if Interrupt.requested {
-                if !json { Output.write("\n") }
-                throw ExitCode(130)
-            }
+            if reason == .cancelled { throw ExitCode(130) }
         }
     }
 
-    /// The prompts to run, in order.
+    /// The prompts to run, in order: PROMPT arguments and -p as given ("-": standard
+    /// input), then each -f file; standard input when there is none at all.
     func readPrompts() throws -> [String] {
-        if !prompts.isEmpty && prompts != ["-"] {
-            try check(!lines, "--lines reads prompts from standard input; do not also give PROMPT arguments")
-            return prompts
-        }
-        let data = FileHandle.standardInput.readDataToEndOfFile()
-        guard let text = String(data: data, encoding: .utf8) else { throw MSGenError("standard input is not valid UTF-8") }
-        // "\r\n" is one Character in Swift, so both line ends are matched whole.
-        let isLineEnd: (Character) -> Bool = { $0 == "\n" || $0 == "\r\n" }
-        if lines {
-            let all = text.split(whereSeparator: isLineEnd).map(String.init)
-            try check(!all.isEmpty, "standard input has no lines to use as prompts")
-            return all
-        }
-        return [text.last.map(isLineEnd) == true ? String(text.dropLast()) : text]
+        let literal = prompts + prompt
+        try check(!lines || literal.allSatisfy { $0 == "-" },
+                  "--lines splits standard input or -f files into prompts; do not also give PROMPT arguments or -p")
+        var out: [String] = []
+        for p in literal { out += p == "-" ? try prompts(from: "-") : [escaped(p)] }
+        for f in file { out += try prompts(from: f) }
+        if literal.isEmpty && file.isEmpty { out += try prompts(from: "-") }
+        return out
     }
+
+    /// The prompts of a text file or standard input ("-"): its text less one final line
+    /// end, or with --lines its non-blank lines.
+    func prompts(from name: String) throws -> [String] {
+        let text = try Input.file(name), what = name == "-" ? "standard input" : name
+        guard lines else { return [escaped(Input.withoutFinalLineEnd(text))] }
+        let all = Input.lines(text, of: what)
+        try check(!all.isEmpty, "\(what) has no lines to use as prompts")
+        return all.map(escaped)
+    }
+
+    func escaped(_ s: String) -> String { escape ? unescape(s) : s }
+}
+
+/// A --seed value: a number, or -1 for a random seed as in llama.cpp.
+struct Seed {
+    let value: UInt64?
+
+    static func parse(_ s: String) throws -> Seed {
+        if s == "-1" { return Seed(value: nil) }
+        guard let v = UInt64(s) else { throw MSGenError("a seed is a whole number ≥ 0, or -1 for a random one") }
+        return Seed(value: v)
+    }
+}
+
+/// llama.cpp's escapes (-e): \\n, \\t, \\r, \\\\, \\" and \\'; any other backslash stays as it is.
+func unescape(_ s: String) -> String {
+    var out = "", chars = s.makeIterator(), pendingBackslash = false
+    while let c = chars.next() {
+        if pendingBackslash {
+            pendingBackslash = false
+            switch c {
+            case "n": out.append("\n")
+            case "t": out.append("\t")
+            case "r": out.append("\r")
+            case "\\", "\"", "'": out.append(c)
+            default: out.append("\\"); out.append(c)
+            }
+        } else if c == "\\" {
+            pendingBackslash = true
+        } else {
+            out.append(c)
+        }
+    }
+    if pendingBackslash { out.append("\\") }
+    return out
 }
 
 /// The JSON Lines events of `generate --json`.
 enum JSONLine {
-    static func token(prompt: Int, id: Int, text: String) -> String {
-        encode(["event": .string("token"), "prompt": .number(Double(prompt)), "id": .number(Double(id)), "text": .string(text)])
+    /// A token event: the token's own text (never held back for a --stop string), and
+    /// with --logprobs its log-probability and the most likely tokens.
+    static func token(prompt: Int, _ d: Decoded, tokenizer: BPETokenizer) -> String {
+        var o: [String: JSONValue] = ["event": .string("token"), "prompt": .number(Double(prompt)), "id": .number(Double(d.id)),
+                                      "text": .string(d.piece)]
+        if !d.top.isEmpty {
+            o["logprob"] = number(d.logprob)
+            o["top"] = .array(d.top.map { t in
+                .object(["id": .number(Double(t.id)), "text": .string(String(decoding: tokenizer.tokenBytes(t.id), as: UTF8.self)),
+                         "logprob": number(t.logprob)])
+            })
+        }
+        return encode(o)
     }
+
+    /// A float as JSON in its shortest form (-2.3025851, not -2.302585124969482).
+    static func number(_ x: Float) -> JSONValue { .number(Double("\(x)") ?? Double(x)) }
 
     static func done(prompt: Int, _ s: GenerationSummary) -> String {
         encode(["event": .string("done"), "prompt": .number(Double(prompt)), "stop_reason": .string(s.stopReason.rawValue),

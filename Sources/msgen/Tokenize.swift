@@ -6,27 +6,19 @@ import MSTokenizer
 struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show the token ids and pieces of a text.")
 
-    @Argument(help: "The text (default: standard input).")
+    @Argument(help: "The text (default, or \"-\": standard input, less one final newline).")
     var text: String?
 
-    @Option(help: "Model whose tokenizer to use (default: the bundled model).")
-    var model: String?
+    @OptionGroup var common: ModelOptions
 
     @Flag(help: "Print {\"ids\": […], \"pieces\": […]} instead of one token per line.")
     var json = false
 
     func run() throws {
         Output.setUp()
-        let input: String
-        if let text { input = text } else {
-            guard let s = String(data: FileHandle.standardInput.readDataToEndOfFile(), encoding: .utf8) else {
-                throw MSGenError("standard input is not valid UTF-8")
-            }
-            input = s
-        }
-        let file = try MSZFile(path: try model ?? BundledModel.path())
-        guard let tokenizerJSON = file.tokenizerJSON else { throw MSGenError("\(file.path) has no tokenizer") }
-        let tokenizer = try BPETokenizer(json: tokenizerJSON)
+        // As generate reads a prompt, so that the ids are the ones it would use.
+        let input = try text.flatMap { $0 == "-" ? nil : $0 } ?? Input.withoutFinalLineEnd(Input.standardInput())
+        let tokenizer = try openTokenizer(try MSZFile(path: try common.path()))
         let ids = tokenizer.encode(input)
         // A piece may be part of a UTF-8 character; shown with U+FFFD for the missing part.
         let pieces = ids.map { String(decoding: tokenizer.tokenBytes($0), as: UTF8.self) }

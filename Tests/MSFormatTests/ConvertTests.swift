@@ -63,6 +63,10 @@ struct ConvertTests {
         #expect(embed["dtype"] as? String == dtype)
         let norm = tensors.first { $0["name"] as? String == "norm_f.weight" }!
         #expect(norm["dtype"] as? String == (dtype == "q8" ? "f32" : dtype))
+        // In memory the matrices keep their stored dtype: every one of them, in its raw bytes.
+        let resident = info["resident_bytes"] as! [String: Int]
+        let matrices = tensors.filter { ($0["shape"] as! [Int]).count == 2 && ($0["name"] as! String).hasPrefix("layers.") || $0["name"] as? String == "embed.weight" }
+        #expect(resident[dtype] ?? 0 >= matrices.reduce(0) { $0 + ($1["raw_bytes"] as! Int) }, "\(resident)")
         // The stored weights equal the checkpoint's, converted.
         let source = Dictionary(uniqueKeysWithValues: try Safetensors.read(path: Fixtures.path("format/tiny-cst/model.safetensors")).map { ($0.name, $0.tensor) })
         let loaded = try MSZFile(path: out).load()

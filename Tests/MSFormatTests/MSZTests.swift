@@ -58,7 +58,7 @@ struct MSZTests {
     }
 
     @Test func planesCompressRealisticWeightsBetter() throws {
-        // The reason for byte planes (DESIGN §5): the same f16 bytes compress better.
+        // The reason for byte planes (Sources/MSFormat/FORMAT.md): the same f16 bytes compress better.
         let t = Self.randomTensor([1024, 512], seed: 9, scale: 0.02).converted(to: .f16)
         let raw = UnsafeRawBufferPointer(t.storage.bytes)
         let plain = try Zstd.compress(raw, level: 3).count

@@ -1,4 +1,5 @@
 import Foundation
+import MSFormat
 import MSGenTestSupport
 import Testing
 
@@ -9,14 +10,31 @@ typealias CLI = MSGenCLI
 extension MSGenCLI {
     static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/golden")
-    static let models: (decoder: String, encoder: String) = {
+    static let models: (decoder: String, encoder: String, baseline: String, nan: String) = {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("msgen-cli-\(getpid())")
         try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let dec = dir.appendingPathComponent("dec.msz").path, enc = dir.appendingPathComponent("enc.msz").path
-        _ = try! run(["convert", fixtures.appendingPathComponent("cst_a3_shared_untied_gelutanh_full").path, "-o", dec])
-        _ = try! run(["convert", fixtures.appendingPathComponent("mstrans_fixed_scales").path, "-o", enc])
-        return (dec, enc)
+        func convert(_ fixture: String, _ name: String) -> String {
+            let out = dir.appendingPathComponent(name).path
+            _ = try! run(["convert", fixtures.appendingPathComponent(fixture).path, "-o", out])
+            return out
+        }
+        return (convert("cst_a3_shared_untied_gelutanh_full", "dec.msz"), convert("mstrans_fixed_scales", "enc.msz"),
+                convert("transformer_untied_gelutanh", "base.msz"), nanModel(dir.appendingPathComponent("nan.msz").path))
     }()
+
+    /// The CST fixture with every weight NaN, written directly (as a corrupt or diverged
+    /// training run would give; convert itself may refuse such weights).
+    static func nanModel(_ path: String) -> String {
+        let ckpt = try! Checkpoint.load(path: fixtures.appendingPathComponent("cst_a3_shared_untied_gelutanh_full").path)
+        for t in ckpt.tensors {
+            precondition(t.tensor.dtype == .f32)
+            let f = t.tensor.storage.bytes.bindMemory(to: Float.self)
+            for j in f.indices { f[j] = .nan }
+        }
+        try! MSZWriter.write(path: path, architecture: ckpt.configJSON.objectValue!["architecture"]!.stringValue!, config: ckpt.configJSON,
+                             tokenizer: ckpt.tokenizerJSON, tensors: ckpt.tensors, provenance: [:])
+        return path
+    }
 }
 
 /// `msgen generate` as a user runs it: bad input gives one line on stderr and a non-zero
@@ -57,10 +75,13 @@ struct GenerateCLITests {
     @Test func badInputIsOneClearLine() throws {
         let m = CLI.models.decoder
         expectOneLineError(try CLI.run(["--model", m], stdin: Data([0x66, 0xFF, 0xFE])), "not valid UTF-8")
-        expectOneLineError(try CLI.run(["--model", m, String(repeating: "word ", count: 400)]), "longer than the model's context")
+        expectOneLineError(try CLI.run(["--model", CLI.models.baseline, String(repeating: "word ", count: 400)]), "longer than the model's context")
+        let past = try CLI.run(["--model", m, "-n", "3", String(repeating: "word ", count: 400)])  // CST goes past it
+        #expect(past.status == 0 && past.stderr.contains("seed"), "\(past.stderr)")
         expectOneLineError(try CLI.run(["--model", CLI.models.encoder, "hello"]), "ms-trans-encoder")
         expectOneLineError(try CLI.run(["--model", "/nonexistent.msz", "hello"]), "cannot open")
         expectOneLineError(try CLI.run(["--model", m, "--top-p", "0", "x"]), "--top-p")
+        expectOneLineError(try CLI.run(["--model", m, "--repeat-last-n=-5", "--repeat-penalty", "1.1", "x"]), "--repeat-last-n must be ≥ 0")
         expectOneLineError(try CLI.run(["--model", m, "--lines"], stdin: Data("\n\n".utf8)), "no lines")
     }
 

@@ -100,6 +100,18 @@ struct SamplerTests {
         let best = (0..<2000).filter { _ in s.sample(l, history: []) == 2 }.count
         #expect(Double(best) / 2000 > 0.95)
     }
+
+    @Test func negativeRepeatLastNLooksAtNoHistory() {
+        let l = Self.logits(50, seed: 3)
+        var o = SamplerOptions(); o.temperature = 0; o.repeatPenalty = 100
+        let best = Sampler.argmax(l)
+        o.repeatLastN = -3
+        var negative = Sampler(o)
+        #expect(negative.sample(l, history: [best]) == best)  // as with 0: no penalty, no trap
+        o.repeatLastN = 1
+        var one = Sampler(o)
+        #expect(one.sample(l, history: [best]) != best)
+    }
 }
 
 struct StopFilterTests {

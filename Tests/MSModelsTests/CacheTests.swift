@@ -7,6 +7,7 @@ import MSFormat
 func state(_ c: DecoderCache) -> [Float] {
     if let c = c as? CSTCache { return c.state }
     if let c = c as? KVCache { return c.state }
+    if let c = c as? MultiScaleCache { return c.state }
     Issue.record("unknown cache \(type(of: c))")
     return []
 }
@@ -37,7 +38,10 @@ struct CacheTests {
         let model = try decoder(g)
         let ids = Self.sequence(g, model)
         let reference = Self.oneByOne(model, ids)
-        let L = (try? CSTConfig(ConfigReader(g.json)).sliceLength) ?? 4
+        // CST: around a slice; multi-scale: around the coarsest block (chunks that end
+        // mid-block, on it and past it)
+        let L = (try? CSTConfig(ConfigReader(g.json)).sliceLength)
+            ?? (try? MultiScaleConfig(ConfigReader(g.json), architecture: g.config.architecture)).map { $0.blockSize($0.scales - 1) } ?? 4
         let N = g.config.context
         for chunk in Set([1, 2, 3, L - 1, L, L + 1, N, ids.count]).filter({ $0 >= 1 }).sorted() {
             let cache = model.makeCache()

@@ -48,11 +48,11 @@ func decoder(_ g: Golden) throws -> LanguageModel {
     try Architectures.languageModel(config: g.json, tensors: g.tensors)
 }
 
-/// Both decoders (CST and the baseline) against the PyTorch reference.
+/// Every decoder (CST, the baseline, top-down and bottom-up) against the PyTorch reference.
 struct DecoderTests {
-    static let fixtures = Golden.names(prefix: "cst_") + Golden.names(prefix: "transformer_")
+    static let fixtures = Golden.names(prefix: "cst_") + Golden.names(prefix: "transformer_") + MultiScaleTests.fixtures
 
-    @Test func fixturesExist() { #expect(Self.fixtures.count >= 6) }
+    @Test func fixturesExist() { #expect(Self.fixtures.count >= 10) }
 
     /// The batched forward equals the PyTorch reference at every position in the context.
     @Test(arguments: fixtures)

@@ -35,10 +35,12 @@ from . import corpus
 from . import tokenizer as tk
 from .export import export_checkpoint, load_checkpoint
 from .models import ModelConfig, build_model, layer_scales_from_alpha
-from .reference_loops import cst_forward_loop, mstrans_forward_loop, transformer_forward_loop
+from .reference_loops import (bottom_up_forward_loop, cst_forward_loop, mstrans_forward_loop, top_down_forward_loop,
+                              transformer_forward_loop)
 
 LOOPS = {"cst-decoder": cst_forward_loop, "transformer-decoder": transformer_forward_loop,
-         "ms-trans-encoder": mstrans_forward_loop}
+         "ms-trans-encoder": mstrans_forward_loop, "top-down-decoder": top_down_forward_loop,
+         "bottom-up-decoder": bottom_up_forward_loop}
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "Tests" / "Fixtures"
@@ -48,6 +50,8 @@ TINY_VOCAB = 300
 # shared and separate global projections, tied and untied embeddings, gelu and
 # gelu_tanh, partial last slices, exactly-full context and past-the-context.
 CST = dict(architecture="cst-decoder", n_layers=2, eos_token_id=0)
+TD = dict(architecture="top-down-decoder", eos_token_id=0)
+BU = dict(architecture="bottom-up-decoder", eos_token_id=0)
 DECODERS = {
     "cst_a1_shared_tied_gelu": (dict(CST, d_model=16, n_heads=2, d_ff=32, slice_length=4, extension_ratio=1,
                                      max_slices=8, tie_embeddings=True, activation="gelu"), 27),
@@ -64,6 +68,19 @@ DECODERS = {
                                                extension_ratio=2, max_slices=4), 40),
     "transformer_untied_gelutanh": (dict(architecture="transformer-decoder", n_layers=2, d_model=24, n_heads=4,
                                          d_ff=48, max_positions=32, eos_token_id=0, activation="gelu_tanh"), 27),
+    # §8 multi-scale decoders: k = 2, 3, 4 and S = 2, 3; T = N (full context), T on a
+    # coarse block boundary and T inside one; the runtime tests check every prefix too
+    "topdown_k2_s3_untied_gelu": (dict(TD, d_model=16, n_heads=2, d_ff=32, pool_factor=2, scales=3,
+                                       layers_per_scale=[1, 1, 2], max_positions=16), 16),
+    "topdown_k3_s2_tied_gelutanh": (dict(TD, d_model=24, n_heads=3, d_ff=48, pool_factor=3, scales=2,
+                                         layers_per_scale=[2, 1], max_positions=18, tie_embeddings=True,
+                                         activation="gelu_tanh"), 13),
+    "bottomup_k2_s3_untied_gelutanh": (dict(BU, d_model=16, n_heads=2, d_ff=32, pool_factor=2, scales=3,
+                                            layers_per_scale=[1, 1, 1], agg_layers=1, max_positions=16,
+                                            activation="gelu_tanh"), 16),
+    "bottomup_k4_s2_tied_gelu_agg2": (dict(BU, d_model=24, n_heads=4, d_ff=48, pool_factor=4, scales=2,
+                                           layers_per_scale=[1, 2], agg_layers=2, max_positions=32,
+                                           tie_embeddings=True, norm_eps=1e-6), 12),
 }
 MINIMAL_CONFIG = {"cst_a2_shared_untied_past_context"}
 ENC = dict(architecture="ms-trans-encoder", labels=["negative", "neutral", "positive"])
@@ -264,7 +281,8 @@ def write_readme(golden: Path, index):
              "| fixture | architecture | key settings | input | logit std |", "|---|---|---|---|---|"]
     for name, cfg, inp, logits in index:
         keys = ("d_model", "n_heads", "slice_length", "extension_ratio", "max_slices", "max_positions",
-                "shared_local_global", "tie_embeddings", "activation", "layer_scales")
+                "shared_local_global", "tie_embeddings", "activation", "layer_scales", "scales", "pool_factor",
+                "layers_per_scale", "agg_layers")
         settings = ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg)
         lines.append(f"| {name} | {cfg['architecture']} | {settings} | {inp} | {logits.float().std():.2f} |")
     (golden / "README.md").write_text("\n".join(lines) + "\n")

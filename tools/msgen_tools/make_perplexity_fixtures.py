@@ -1,7 +1,7 @@
 """Expected perplexities for the Swift `msgen perplexity` tests (Tests/Fixtures/perplexity/).
 
-The PyTorch reference scores a KJV passage with two golden fixture models (a CST and the
-baseline) in float64, with the windows of DESIGN §6 at several (context, stride) pairs.
+The PyTorch reference scores a KJV passage with golden fixture models (CSTs, the baseline, a
+top-down and a bottom-up decoder) in float64, with the windows of DESIGN §6 at several (context, stride) pairs.
 
     .venv/bin/python -m msgen_tools.make_perplexity_fixtures
 """
@@ -17,7 +17,8 @@ from .train_lm import perplexity, token_byte_lengths
 
 ROOT = Path(__file__).resolve().parents[2] / "Tests" / "Fixtures"
 OUT = ROOT / "perplexity"
-MODELS = ["cst_a3_shared_untied_gelutanh_full", "transformer_untied_gelutanh", "cst_a2_shared_untied_past_context"]
+MODELS = ["cst_a3_shared_untied_gelutanh_full", "transformer_untied_gelutanh", "cst_a2_shared_untied_past_context",
+          "topdown_k2_s3_untied_gelu", "bottomup_k4_s2_tied_gelu_agg2"]  # the last two: §8
 SETTINGS = [(None, None), (32, 8), (16, 15), (16, 1), (8, 5)]
 
 

@@ -1,10 +1,12 @@
 """PyTorch reference models for msgen (DESIGN.md §1-§4).
 
-Three architectures, one config type:
+Five architectures, one config type:
 
     CSTDecoder          "cst-decoder"          causal Composite Slice Transformer (§1)
     TransformerDecoder  "transformer-decoder"  GPT-2 style pre-norm baseline (§2)
     MSTransEncoder      "ms-trans-encoder"     Multi-Scale Transformer classifier (§3)
+    TopDownDecoder      "top-down-decoder"     multi-scale LM, coarse to fine (§8 a)
+    BottomUpDecoder     "bottom-up-decoder"    multi-scale LM, fine to coarse (§8 b)
 
 Parameter names are exactly the checkpoint tensor names of §4, so
 `model.state_dict()` *is* the checkpoint. Everything here is batched and
@@ -25,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ARCHITECTURES = ("cst-decoder", "transformer-decoder", "ms-trans-encoder")
+ARCHITECTURES = ("cst-decoder", "transformer-decoder", "ms-trans-encoder", "top-down-decoder", "bottom-up-decoder")
+MULTISCALE = ("top-down-decoder", "bottom-up-decoder")
 
 # -----------------------------------------------------------------------------
 # config
@@ -39,9 +42,9 @@ class ModelConfig:
     architecture: str
     vocab_size: int
     d_model: int
-    n_layers: int
     n_heads: int
     d_ff: int
+    n_layers: int | None = None  # not used by the multi-scale decoders (§8)
     slice_length: int | None = None  # cst-decoder
     extension_ratio: int | None = None  # cst-decoder, alpha in {1, 2, 3}
     max_slices: int | None = None  # cst-decoder, G
@@ -51,6 +54,10 @@ class ModelConfig:
     labels: list | None = None  # ms-trans-encoder: label names
     max_length: int | None = None  # ms-trans-encoder, with [CLS]
     cls_token_id: int | None = None  # ms-trans-encoder
+    scales: int | None = None  # top-down / bottom-up: S, the number of scales (§8)
+    pool_factor: int | None = None  # top-down / bottom-up: k, scale s has blocks of k^s tokens
+    layers_per_scale: list | None = None  # top-down / bottom-up: [n_0, ..., n_{S-1}]
+    agg_layers: int | None = None  # bottom-up: token-level blocks after the aggregation
     shared_local_global: bool = True
     tie_embeddings: bool = False
     norm_eps: float = 1e-5
@@ -72,9 +79,22 @@ class ModelConfig:
         """Tokens the model was built for: N = G*L (cst), max_positions (baseline)."""
         if self.architecture == "cst-decoder":
             return self.max_slices * self.slice_length
-        if self.architecture == "transformer-decoder":
+        if self.architecture in ("transformer-decoder",) + MULTISCALE:
             return self.max_positions
         return self.max_length
+
+    @property
+    def depth(self) -> int:
+        """Blocks a token's residual stream goes through (for the init's residual scaling)."""
+        if self.architecture == "top-down-decoder":
+            return sum(self.layers_per_scale)
+        if self.architecture == "bottom-up-decoder":
+            return sum(self.layers_per_scale) + self.agg_layers
+        return self.n_layers
+
+    def block_size(self, s: int) -> int:
+        """b_s = k^s tokens per row of scale s (§8)."""
+        return self.pool_factor ** s
 
     # --- (de)serialisation ---------------------------------------------------
     _PER_ARCH = {
@@ -83,6 +103,10 @@ class ModelConfig:
         "transformer-decoder": ("max_positions", "eos_token_id", "tie_embeddings",
                                 "norm_eps", "activation"),
         "ms-trans-encoder": ("layer_scales", "labels", "max_length", "cls_token_id", "norm_eps"),
+        "top-down-decoder": ("scales", "pool_factor", "layers_per_scale", "max_positions", "eos_token_id",
+                             "tie_embeddings", "norm_eps", "activation"),
+        "bottom-up-decoder": ("scales", "pool_factor", "layers_per_scale", "agg_layers", "max_positions",
+                              "eos_token_id", "tie_embeddings", "norm_eps", "activation"),
     }
     _COMMON = ("architecture", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff")
 
@@ -117,6 +141,8 @@ class ModelConfig:
 
         need(self.architecture in ARCHITECTURES, f"unknown architecture {self.architecture!r}")
         for k in self._COMMON[1:]:
+            if k == "n_layers" and self.architecture in MULTISCALE:
+                continue  # §8: not used
             need(isinstance(getattr(self, k), int) and getattr(self, k) > 0, f"{k} must be a positive int")
         need(self.d_model % self.n_heads == 0, "d_model must be divisible by n_heads")
         need(self.activation in ("gelu", "gelu_tanh"), f"activation must be gelu or gelu_tanh, got {self.activation!r}")
@@ -128,6 +154,20 @@ class ModelConfig:
                  "(extension_ratio-1)*slice_length/2 must be an integer")
         elif self.architecture == "transformer-decoder":
             need(isinstance(self.max_positions, int), "max_positions is required for transformer-decoder")
+        elif self.architecture in MULTISCALE:
+            keys = ("scales", "pool_factor", "layers_per_scale", "max_positions")
+            for k in keys + (("agg_layers",) if self.architecture == "bottom-up-decoder" else ()):
+                need(getattr(self, k) is not None, f"{k} is required for {self.architecture}")
+            need(isinstance(self.scales, int) and self.scales >= 1, "scales must be an int >= 1")
+            need(isinstance(self.pool_factor, int) and self.pool_factor >= 2, "pool_factor must be an int >= 2")
+            need(isinstance(self.layers_per_scale, list) and len(self.layers_per_scale) == self.scales,
+                 f"layers_per_scale needs one entry per scale ({self.scales})")
+            need(all(isinstance(n, int) and n >= 1 for n in self.layers_per_scale), "layers_per_scale entries must be ints >= 1")
+            need(self.architecture == "top-down-decoder" or (isinstance(self.agg_layers, int) and self.agg_layers >= 0),
+                 "agg_layers must be an int >= 0")
+            need(isinstance(self.max_positions, int) and self.max_positions >= 1
+                 and self.max_positions % self.block_size(self.scales - 1) == 0,
+                 f"max_positions must be a multiple of pool_factor^(scales-1) = {self.block_size(self.scales - 1)}")
         else:
             for k in ("layer_scales", "labels", "max_length", "cls_token_id"):
                 need(getattr(self, k) is not None, f"{k} is required for ms-trans-encoder")
@@ -202,7 +242,7 @@ class Decoder(nn.Module):
             elif "norm" in name:
                 nn.init.ones_(p)
             elif name.endswith(("o_proj.weight", "fc2.weight")):
-                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.depth))
             else:
                 nn.init.normal_(p, 0.0, std)
 
@@ -406,6 +446,115 @@ class TransformerDecoder(Decoder):
 
 
 # -----------------------------------------------------------------------------
+# multi-scale decoders (§8 a, b)
+
+
+def pool(y, k: int):
+    """Pool(y) of §8: row c is the mean of rows c*k .. c*k+k-1 of y [B, R, D]; a
+    trailing incomplete group makes no row."""
+    B, R, D = y.shape
+    n = R // k
+    return y[:, : n * k].reshape(B, n, k, D).mean(2)  # n = 0 gives [B, 0, D]
+
+
+def upsample(y, factor: int, rows: int):
+    """Up of §8 from a coarser sequence y [B, R, D] to `rows` finer rows, `factor` =
+    k^(s - s') finer rows per coarse row: row p reads y[(p+1) // factor - 1], the newest
+    coarse row whose block ends at or before p's last token, and 0 where there is none."""
+    idx = (torch.arange(rows, device=y.device) + 1) // factor - 1
+    padded = torch.cat([y.new_zeros(y.shape[0], 1, y.shape[2]), y], 1)  # row 0 stands for "none"
+    return padded[:, idx + 1]
+
+
+class ScaleStack(nn.Module):
+    """One scale of §8: its learned positions `pos` [N / b_s, D] and its pre-norm GPT-2
+    blocks `layers`, run causally over the rows of that scale."""
+
+    def __init__(self, cfg: ModelConfig, s: int, n_layers: int, dropout: float = 0.0):
+        super().__init__()
+        self.pos = nn.Embedding(cfg.max_positions // cfg.block_size(s), cfg.d_model)
+        self.layers = nn.ModuleList(TransformerBlock(cfg, dropout) for _ in range(n_layers))
+
+    def forward(self, z):
+        """z [B, R, D] without positions -> y [B, R, D]; R = 0 passes through."""
+        if z.shape[1] == 0:
+            return z
+        h = z + self.pos.weight[: z.shape[1]]
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
+
+class MultiScaleDecoder(Decoder):
+    """What top-down and bottom-up share: the embedding, one ScaleStack per scale under
+    `scales.{s}`, the final norm and head, the context check."""
+
+    def _init_scales(self, cfg: ModelConfig, dropout: float):
+        self._init_decoder_common(cfg)
+        self.scales = nn.ModuleList(ScaleStack(cfg, s, n, dropout) for s, n in enumerate(cfg.layers_per_scale))
+        self.drop = nn.Dropout(dropout)
+
+    def _check(self, ids):
+        T = ids.shape[1]
+        if T > self.cfg.max_positions:
+            raise ValueError(f"sequence of {T} tokens exceeds max_positions={self.cfg.max_positions}")
+        return T
+
+
+class TopDownDecoder(MultiScaleDecoder):
+    """§8 (a), coarse to fine: scale s (from the coarsest down) reads the mean token
+    embedding of each of its blocks plus the upsampled output of the scale above it; the
+    tokens read scale 1. forward(ids [B, T <= max_positions]) -> logits [B, T, V]."""
+
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
+        super().__init__()
+        assert cfg.architecture == "top-down-decoder"
+        self._init_scales(cfg, dropout)
+        self.init_weights()
+
+    def forward(self, ids):
+        T = self._check(ids)
+        cfg, k = self.cfg, self.cfg.pool_factor
+        e = self.drop(self.embed(ids))
+        above = None  # y^{s+1}
+        for s in range(cfg.scales - 1, 0, -1):
+            b = cfg.block_size(s)
+            R = T // b
+            z = pool(e, b)  # MeanOfTokens_s: the mean of each block's b_s embeddings
+            if above is not None:
+                z = z + upsample(above, k, R)
+            above = self.scales[s](z)
+        z0 = e if above is None else e + upsample(above, k, T)
+        return self.logits(self.scales[0](z0))
+
+
+class BottomUpDecoder(MultiScaleDecoder):
+    """§8 (b), fine to coarse: the tokens through scale 0, each coarser scale over the
+    pooled rows of the one below; then every token adds A_s·Up(y^s) + a_s of each coarser
+    scale and goes through `agg_layers` more token-level blocks."""
+
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
+        super().__init__()
+        assert cfg.architecture == "bottom-up-decoder"
+        self._init_scales(cfg, dropout)
+        self.agg = nn.ModuleDict({str(s): nn.Linear(cfg.d_model, cfg.d_model) for s in range(1, cfg.scales)})
+        self.agg_layers = nn.ModuleList(TransformerBlock(cfg, dropout) for _ in range(cfg.agg_layers))
+        self.init_weights()
+
+    def forward(self, ids):
+        T = self._check(ids)
+        cfg, k = self.cfg, self.cfg.pool_factor
+        y = self.scales[0](self.drop(self.embed(ids)))
+        h, below = y, y
+        for s in range(1, cfg.scales):
+            below = self.scales[s](pool(below, k))
+            h = h + self.agg[str(s)](upsample(below, cfg.block_size(s), T))  # the bias even where Up is 0
+        for layer in self.agg_layers:
+            h = layer(h)
+        return self.logits(h)
+
+
+# -----------------------------------------------------------------------------
 # MS-Trans encoder (§3)
 
 
@@ -560,7 +709,8 @@ def build_model(cfg: ModelConfig | dict, dropout: float = 0.0) -> nn.Module:
     if isinstance(cfg, dict):
         cfg = ModelConfig.from_dict(cfg)
     cls = {"cst-decoder": CSTDecoder, "transformer-decoder": TransformerDecoder,
-           "ms-trans-encoder": MSTransEncoder}[cfg.architecture]
+           "ms-trans-encoder": MSTransEncoder, "top-down-decoder": TopDownDecoder,
+           "bottom-up-decoder": BottomUpDecoder}[cfg.architecture]
     return cls(cfg, dropout=dropout)
 
 

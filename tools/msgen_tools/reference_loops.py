@@ -149,3 +149,74 @@ def mstrans_forward_loop(model, ids):
     feat = torch.cat([x[0], pooled])
     c = model.classifier
     return lin(torch.relu(lin(feat, c.fc1)), c.fc2)
+
+
+def blocks_loop(layers, xs, act):
+    """§2's pre-norm GPT-2 blocks over a list of row vectors, row by row: row i attends
+    to rows 0..i of its own sequence."""
+    h = [x.clone() for x in xs]
+    for blk in layers:
+        at = blk.attn
+        H = at.n_heads
+        u = [layer_norm(x, blk.norm1) for x in h]
+        keys = [lin(x, at.k_proj) for x in u]
+        vals = [lin(x, at.v_proj) for x in u]
+        for i in range(len(h)):
+            a = attend(lin(u[i], at.q_proj), keys[: i + 1], vals[: i + 1], H)
+            h[i] = h[i] + lin(a, at.o_proj)
+            h[i] = h[i] + mlp(blk, layer_norm(h[i], blk.norm2), act)
+    return h
+
+
+@torch.no_grad()
+def top_down_forward_loop(model, ids):
+    """§8 (a) row by row: for s = S-1 .. 1, row c of scale s is the mean of the token
+    embeddings of block c, plus its position, plus Up of the scale above; then the tokens."""
+    cfg = model.cfg
+    k, D, T = cfg.pool_factor, cfg.d_model, len(ids)
+    act = activation_fn(cfg.activation)
+    e = [model.embed.weight[x].clone() for x in ids]
+    zero = torch.zeros(D, dtype=e[0].dtype)
+    above = None
+    for s in range(cfg.scales - 1, 0, -1):
+        b, sc = k ** s, model.scales[s]
+        z = []
+        for c in range(T // b):
+            row = sum(e[c * b:(c + 1) * b]) / b + sc.pos.weight[c]
+            if above is not None:
+                j = (c + 1) // k - 1
+                row = row + (above[j] if j >= 0 else zero)
+            z.append(row)
+        above = blocks_loop(sc.layers, z, act)
+    z0 = []
+    for i in range(T):
+        j = (i + 1) // k - 1
+        up = above[j] if above is not None and j >= 0 else zero
+        z0.append(e[i] + model.scales[0].pos.weight[i] + up)
+    return lm_logits(model, blocks_loop(model.scales[0].layers, z0, act))
+
+
+@torch.no_grad()
+def bottom_up_forward_loop(model, ids):
+    """§8 (b) row by row: tokens through scale 0; row c of scale s is the mean of rows
+    c*k .. c*k+k-1 of scale s-1 plus its position; each token adds, per coarser scale,
+    A_s . (newest complete row of s, or 0) + a_s; then the aggregation blocks."""
+    cfg = model.cfg
+    k, D, T = cfg.pool_factor, cfg.d_model, len(ids)
+    act = activation_fn(cfg.activation)
+    sc0 = model.scales[0]
+    y = blocks_loop(sc0.layers, [model.embed.weight[x] + sc0.pos.weight[i] for i, x in enumerate(ids)], act)
+    ys = [y]
+    for s in range(1, cfg.scales):
+        prev, sc = ys[-1], model.scales[s]
+        z = [sum(prev[c * k:(c + 1) * k]) / k + sc.pos.weight[c] for c in range(len(prev) // k)]
+        ys.append(blocks_loop(sc.layers, z, act))
+    zero = torch.zeros(D, dtype=y[0].dtype)
+    h = []
+    for i in range(T):
+        x = y[i].clone()
+        for s in range(1, cfg.scales):
+            c = (i + 1) // k ** s - 1
+            x = x + lin(ys[s][c] if c >= 0 else zero, model.agg[str(s)])
+        h.append(x)
+    return lm_logits(model, blocks_loop(model.agg_layers, h, act))

@@ -1,6 +1,7 @@
-"""Train a CST or baseline language model on the corpus from corpus.py.
+"""Train a CST, baseline, top-down or bottom-up (Sources/MSModels/README.md) language model on the corpus from corpus.py.
 
     python -m msgen_tools.train_lm --arch cst --run-dir runs/cst [model/opt flags]
+    python -m msgen_tools.train_lm --arch top-down --layers-per-scale 4,2 --pool-factor 4 --run-dir runs/td
     python -m msgen_tools.train_lm --run-dir runs/cst --resume        # continue
 
 The run dir holds args.json, ckpt.pt (saved every --save-every steps and at the
@@ -18,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -65,7 +67,7 @@ def get_batch(data: np.ndarray, batch_size: int, seq_len: int, seed: int, step: 
 
 
 def perplexity_windows(n: int, context: int, stride: int):
-    """The windows `msgen perplexity` uses (DESIGN §6): windows of `context` tokens
+    """The windows `msgen perplexity` uses: windows of `context` tokens
     start every `stride` tokens; each scores only tokens no earlier window scored,
     given the tokens before them in the window. Token 0 is context only.
     Returns (start, end, first_scored) triples; scored positions are [first, end)."""
@@ -167,6 +169,14 @@ def model_config(args, vocab_size) -> ModelConfig:
     common = dict(vocab_size=vocab_size, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
                   d_ff=args.d_ff, eos_token_id=tk.EOS_ID, tie_embeddings=args.tie_embeddings,
                   activation=args.activation)
+    if args.arch in ("top-down", "bottom-up"):
+        del common["n_layers"]  # §8: the depth is layers_per_scale (and agg_layers)
+        lps = [int(n) for n in args.layers_per_scale.split(",")]
+        extra = dict(agg_layers=args.agg_layers) if args.arch == "bottom-up" else {}
+        cfg = ModelConfig(architecture=f"{args.arch}-decoder", scales=len(lps), pool_factor=args.pool_factor,
+                          layers_per_scale=lps, max_positions=args.max_positions, **extra, **common)
+        cfg.validate()
+        return cfg
     if args.arch == "cst":
         return ModelConfig(architecture="cst-decoder", slice_length=args.slice_length,
                            extension_ratio=args.extension_ratio, max_slices=args.max_slices,
@@ -278,7 +288,9 @@ def train(args):
                             metadata={"steps": args.steps, "train": args.train})
     ppl = perplexity(model, val_data, context=args.eval_context or cfg.context, stride=args.eval_stride,
                      byte_lengths=token_byte_lengths(tok))
-    log(run_dir, {"step": args.steps, "split": "valid", **ppl})
+    # peak memory of this process (ru_maxrss is in KiB on Linux), for comparing architectures
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    log(run_dir, {"step": args.steps, "split": "valid", **ppl, "peak_rss_bytes": peak})
     print(f"exported {out}", file=sys.stderr)
     return model
 
@@ -289,7 +301,8 @@ def parser():
     a = ap.add_argument
     a("--run-dir", required=True)
     a("--resume", action="store_true", help="continue the run in --run-dir (its args.json is reused)")
-    a("--arch", choices=["cst", "transformer"], default="cst")
+    a("--arch", choices=["cst", "transformer", "top-down", "bottom-up"], default="cst",
+      help="cst-decoder, transformer-decoder, or a multi-scale decoder (top-down-decoder, bottom-up-decoder)")
     # data
     a("--train", default=str(data / "kjv" / "train.txt"))
     a("--valid", default=str(data / "kjv" / "valid.txt"))
@@ -306,7 +319,10 @@ def parser():
     a("--extension-ratio", type=int, default=2)
     a("--max-slices", type=int, default=32)
     a("--separate-global", action="store_true", help="own gq/gk/gv projections (shared_local_global false)")
-    a("--max-positions", type=int, default=1024)
+    a("--max-positions", type=int, default=1024, help="context of transformer, top-down and bottom-up")
+    a("--layers-per-scale", default="4,2", help="top-down/bottom-up: blocks per scale, finest first (its length is S)")
+    a("--pool-factor", type=int, default=4, help="top-down/bottom-up: k, scale s has blocks of k^s tokens")
+    a("--agg-layers", type=int, default=1, help="bottom-up: token-level blocks after the aggregation")
     a("--dropout", type=float, default=0.1)
     # optimisation
     a("--steps", type=int, default=4000)

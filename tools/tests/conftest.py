@@ -41,3 +41,14 @@ def enc_cfg(**over):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+def ms_cfg(architecture="top-down-decoder", **over):
+    """A tiny multi-scale decoder (§8): N = 24 is a multiple of k^(S-1) for k = 2, S = 3
+    and for k = 3 or 4, S = 2 (callers override what they vary)."""
+    cfg = dict(architecture=architecture, vocab_size=37, d_model=16, n_heads=2, d_ff=24, scales=2, pool_factor=2,
+               layers_per_scale=[2, 1], max_positions=24)
+    if architecture == "bottom-up-decoder":
+        cfg["agg_layers"] = 1
+    cfg.update(over)
+    return cfg

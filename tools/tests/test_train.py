@@ -1,5 +1,8 @@
 """A tiny end-to-end training run: resume must be exact and export must load."""
 
+import json
+
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -37,3 +40,21 @@ def test_resume_is_exact_and_exports(tmp_path):
 
     model, cfg = load_checkpoint(tmp_path / "straight" / "final")
     assert cfg.architecture == "cst-decoder" and cfg.vocab_size == 280 and cfg.eos_token_id == 0
+
+
+@pytest.mark.parametrize("arch,extra", [("top-down", []), ("bottom-up", ["--agg-layers", "1"])])
+def test_multiscale_trains_and_exports(tmp_path, arch, extra):
+    """--arch top-down / bottom-up build a §8 config from the flags, the loss goes down,
+    and the export loads back as that architecture."""
+    (tmp_path / "train.txt").write_text("\n".join(VERSES * 10) + "\n")
+    (tmp_path / "valid.txt").write_text("\n".join(VERSES[::-1] * 3) + "\n")
+    tk.train_bpe(tk.lines_of(str(tmp_path / "train.txt")), 280).save(str(tmp_path / "tok.json"))
+    run(tmp_path, arch, "--arch", arch, "--layers-per-scale", "1,1,1", "--pool-factor", "2", "--max-positions", "16",
+        "--steps", "12", "--dropout", "0", *extra)
+    model, cfg = load_checkpoint(tmp_path / arch / "final")
+    assert cfg.architecture == f"{arch}-decoder" and cfg.scales == 3 and cfg.layers_per_scale == [1, 1, 1]
+    assert cfg.n_layers is None and cfg.max_positions == 16
+    records = [json.loads(line) for line in (tmp_path / arch / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert records[-1]["split"] == "valid" and records[-1]["peak_rss_bytes"] > 10 * 2**20

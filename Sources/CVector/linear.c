@@ -1,0 +1,337 @@
+/* Weight matrices in their stored type (f32, f16, bf16, q8) times a few rows of x: the
+   matrix–vector products of decoding, which are bound by reading the weights from
+   memory, so they read the narrow types directly and widen in registers (F16C's
+   vcvtph2ps, a 16-bit shift for bf16, int8 dot products for q8). Also the widening of a
+   tile of rows to f32, for the matrix–matrix path (OpenBLAS sgemm on the widened tile),
+   and a memory read probe.
+
+   Each kernel is written once (linear_float.h, linear_q8.h) and included here once per
+   CPU level inside a `#pragma clang attribute` region that compiles it for that level;
+   the exported functions at the bottom pick a copy by the level they are given.
+
+   bf16 is widened (exact) and multiplied in f32, not fed to AVX512-BF16's vdpbf16ps:
+   that instruction would round x to bf16 too, a relative error of 2⁻⁹ per product on
+   top of the weights' own, and decoding is bound by reading the weights, not by the
+   multiplies, so it would buy no speed where it matters. */
+#include "cvector.h"
+
+#pragma clang diagnostic ignored "-Wpsabi"
+
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* Shared by every copy: the result of one output, with bias and accumulation. */
+INLINE void put(float *y, float s, const float *bias, long j, int accumulate) {
+    if (bias) s += bias[j];
+    if (accumulate) s += *y;
+    *y = s;
+}
+
+/* IEEE half → float in plain integer and float operations (the baseline copy has no
+   F16C): shift the exponent and mantissa into float position and multiply by 2^112 to
+   re-bias the exponent (15 → 127), which also turns half subnormals into the right
+   float; infinities and NaNs get the all-ones exponent back. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int v8i __attribute__((vector_size(32)));
+typedef unsigned v8u __attribute__((vector_size(32)));
+typedef unsigned short v8h __attribute__((vector_size(16)));
+
+INLINE v8f half8(const uint16_t *p) {
+    v8h h;
+    memcpy(&h, p, sizeof h);
+    v8u u = __builtin_convertvector(h, v8u);
+    v8u sign = (u & 0x8000u) << 16, em = u & 0x7fffu;
+    v8f f = (v8f)(em << 13) * 0x1p112f;
+    v8i special = (v8i)(em >= 0x7c00u);
+    v8u bits = ((v8u)special & ((em << 13) | 0x7f800000u)) | (~(v8u)special & (v8u)f);
+    return (v8f)(bits | sign);
+}
+
+INLINE float half1(const void *p) {
+    uint16_t h[8] = {0};
+    memcpy(h, p, 2);
+    return half8(h)[0];
+}
+
+/* ---- Baseline copy: GCC vector types, 8 lanes, no FMA ---- */
+#define NAME(f) f##_base
+#define VF v8f
+#define VW 8
+#define vzero() ((v8f){0})
+#define vload(p) ({ v8f v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define vfma(a, b, c) ((a) * (b) + (c))
+#define vhsum(v) ({ v8f s_ = (v); ((s_[0] + s_[4]) + (s_[1] + s_[5])) + ((s_[2] + s_[6]) + (s_[3] + s_[7])); })
+#define wf16(p) half8(p)
+#define wbf16(p) ({ v8h h_; memcpy(&h_, (p), sizeof h_); (v8f)(__builtin_convertvector(h_, v8u) << 16); })
+#define half_scale(p) half1(p)
+#include "linear_float.h"
+#undef VF
+#undef VW
+#undef vzero
+#undef vload
+#undef vfma
+#undef vhsum
+#undef wf16
+#undef wbf16
+
+/* One block at a time (QBLOCKS 1), for every copy but the AVX-512 VNNI one: the scales
+   are plain floats, multiplied per block. */
+#define QBLOCKS 1
+#define QS float
+#define qscale(p, c) half_scale(p)
+#define qxscale(p, c) (*(p))
+#define QACC float
+#define qzero() 0.f
+#define QW const signed char *
+#define qprep(p, c) ((const signed char *)(p) + 2)
+#define QX const signed char *
+#define qxload(p, c) (p)
+INLINE float qstep_base(float acc, const signed char *w, const signed char *x, float dw, float dx) {
+    int sum = 0;
+    for (int i = 0; i < 32; i++) sum += w[i] * x[i];
+    return acc + dw * dx * (float)sum;
+}
+#define qstep qstep_base
+#define qhsum(a) (a)
+#include "linear_q8.h"
+#undef QACC
+#undef qzero
+#undef QW
+#undef qprep
+#undef QX
+#undef qxload
+#undef qstep
+#undef qhsum
+#undef half_scale
+#undef NAME
+
+#if defined(__x86_64__)
+/* ---- AVX2 + FMA + F16C: 8 lanes ---- */
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#define NAME(f) f##_avx2
+#define VF __m256
+#define VW 8
+#define vzero() _mm256_setzero_ps()
+#define vload(p) _mm256_loadu_ps(p)
+#define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define vhsum(v) hsum8(v)
+#define wf16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define wbf16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define half_scale(p) ({ uint16_t h_; memcpy(&h_, (p), 2); _cvtsh_ss(h_); })
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#include "linear_float.h"
+
+/* The sign trick (as in ggml's Q8_0 kernels): vpmaddubsw multiplies unsigned by signed
+   bytes, so multiply |w| by x carrying w's sign. |w| ≤ 128 and |x| ≤ 127 (the quantiser's
+   range), so each pair sum ≤ 2·128·127 < 2^15 and the 16-bit sums never saturate. */
+typedef struct { __m256i w, aw; } QW_avx2;
+INLINE QW_avx2 qprep_avx2(const char *blk) {
+    __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
+    return (QW_avx2){w, _mm256_sign_epi8(w, w)};
+}
+INLINE __m256 qstep_avx2(__m256 acc, QW_avx2 w, __m256i x, float dw, float dx) {
+    __m256i sx = _mm256_sign_epi8(x, w.w);
+    __m256i pairs = _mm256_maddubs_epi16(w.aw, sx);
+    __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(dw * dx), acc);
+}
+#define QACC __m256
+#define qzero() _mm256_setzero_ps()
+#define QW QW_avx2
+#define qprep(p, c) qprep_avx2(p)
+#define QX __m256i
+#define qxload(p, c) _mm256_loadu_si256((const __m256i *)(p))
+#define qstep qstep_avx2
+#define qhsum(a) hsum8(a)
+#include "linear_q8.h"
+#undef qstep
+#undef NAME
+#undef QBLOCKS
+#undef QS
+#undef qscale
+#undef qxscale
+#undef QACC
+#undef qzero
+#undef QW
+#undef qprep
+#undef QX
+#undef qxload
+#undef qhsum
+#pragma clang attribute pop
+
+/* ---- AVX-512 VNNI: the q8 kernel two blocks (64 bytes) a step in 512-bit registers,
+   with vpdpbusd (u8 × s8, four pairs into each int32 lane, no 16-bit step): lanes 0–7
+   hold the first block's sums, 8–15 the second's, and the scales are spread to match.
+   Half the instructions of the one-block AVX2 step, which could not keep up with memory.
+   The sign trick as above, with AVX-512's byte masks for the signs (there is no 512-bit
+   vpsignb). A row's last odd block runs the same code with the upper half zero. ---- */
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), \
+                             apply_to = function)
+#define NAME(f) f##_vnni
+#define QBLOCKS 2
+typedef struct { __m512i aw; __mmask64 negative; } QW_vnni;
+/* The weights of c (1 or 2) blocks at blk, blk + 34. */
+INLINE QW_vnni qprep_vnni(const char *blk, int c) {
+    __m512i w = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(blk + 2)));
+    if (c == 2) w = _mm512_inserti64x4(w, _mm256_loadu_si256((const __m256i *)(blk + 36)), 1);
+    else w = _mm512_zextsi256_si512(_mm512_castsi512_si256(w));
+    return (QW_vnni){_mm512_abs_epi8(w), _mm512_movepi8_mask(w)};
+}
+/* Two floats (the second zero when c == 1) spread to lanes 0–7 and 8–15. */
+INLINE __m512 spread2(__m128 two) {
+    return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), _mm512_castps128_ps512(two));
+}
+INLINE __m512 qscale_vnni(const char *blk, int c) {
+    uint16_t h0, h1 = 0;
+    memcpy(&h0, blk, 2);
+    if (c == 2) memcpy(&h1, blk + 34, 2);
+    return spread2(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h0 | (int)h1 << 16)));
+}
+INLINE __m512 qxscale_vnni(const float *d, int c) {
+    return spread2(_mm_setr_ps(d[0], c == 2 ? d[1] : 0, 0, 0));
+}
+INLINE __m512i qxload_vnni(const signed char *p, int c) {
+    return c == 2 ? _mm512_loadu_si512(p) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)p));
+}
+INLINE __m512 qstep_vnni(__m512 acc, QW_vnni w, __m512i x, __m512 dw, __m512 dx) {
+    __m512i sx = _mm512_mask_sub_epi8(x, w.negative, _mm512_setzero_si512(), x);
+    __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.aw, sx);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(dw, dx), acc);
+}
+#define QS __m512
+#define qscale qscale_vnni
+#define qxscale qxscale_vnni
+#define QACC __m512
+#define qzero() _mm512_setzero_ps()
+#define QW QW_vnni
+#define qprep qprep_vnni
+#define QX __m512i
+#define qxload qxload_vnni
+#define qstep qstep_vnni
+#define qhsum(a) _mm512_reduce_add_ps(a)
+#include "linear_q8.h"
+#undef NAME
+#undef QBLOCKS
+#undef QS
+#undef qscale
+#undef qxscale
+#undef QACC
+#undef qzero
+#undef QW
+#undef qprep
+#undef QX
+#undef qxload
+#undef qstep
+#undef qhsum
+#pragma clang attribute pop
+
+#undef VF
+#undef VW
+#undef vzero
+#undef vload
+#undef vfma
+#undef vhsum
+#undef wf16
+#undef wbf16
+
+/* ---- AVX-512 F/BW/VL/DQ: 16 lanes ---- */
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq"))), apply_to = function)
+#define NAME(f) f##_avx512
+#define VF __m512
+#define VW 16
+#define vzero() _mm512_setzero_ps()
+#define vload(p) _mm512_loadu_ps(p)
+#define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define vhsum(v) _mm512_reduce_add_ps(v)
+#define wf16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define wbf16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#include "linear_float.h"
+#undef NAME
+#pragma clang attribute pop
+#undef half_scale
+#endif
+
+/* ---- Exported: clamp the level to the CPU's, pick the copy ---- */
+
+static int usable(int level) {
+    int best = msgen_cpu_level();
+    return level > best ? best : level < MSGEN_LEVEL_BASELINE ? MSGEN_LEVEL_BASELINE : level;
+}
+
+void msgen_matvec(int level, int type, const void *w, long row_bytes, long k, long j0, long j1,
+                  const float *x, long ldx, long nx, const float *bias, float *y, long ldy, int accumulate) {
+    level = usable(level);
+    for (long r = 0; r < nx; r += 8) {  /* eight rows of x at a time: the kernels' unrolling */
+        long n = nx - r < 8 ? nx - r : 8;
+        const float *xr = x + r * ldx;
+        float *yr = y + r * ldy;
+#if defined(__x86_64__)
+        if (level >= MSGEN_LEVEL_AVX512) { matvec_avx512(type, w, row_bytes, k, j0, j1, xr, ldx, n, bias, yr, ldy, accumulate); continue; }
+        if (level >= MSGEN_LEVEL_AVX2) { matvec_avx2(type, w, row_bytes, k, j0, j1, xr, ldx, n, bias, yr, ldy, accumulate); continue; }
+#endif
+        matvec_base(type, w, row_bytes, k, j0, j1, xr, ldx, n, bias, yr, ldy, accumulate);
+    }
+}
+
+/* Scalar: x is quantised once per call, k values a row, against n·k weights. */
+void msgen_quantize_q8(const float *x, long ldx, long nx, long k, signed char *q, float *d) {
+    long nb = k / 32;
+    for (long r = 0; r < nx; r++) {
+        for (long b = 0; b < nb; b++) {
+            const float *v = x + r * ldx + b * 32;
+            float amax = 0;
+            for (int i = 0; i < 32; i++) amax = __builtin_fabsf(v[i]) > amax ? __builtin_fabsf(v[i]) : amax;
+            float scale = amax / 127, inv = scale > 0 ? 1 / scale : 0;
+            d[r * nb + b] = scale;
+            for (int i = 0; i < 32; i++) {
+                float t = __builtin_rintf(v[i] * inv);
+                q[r * k + b * 32 + i] = (signed char)(t > 127 ? 127 : t < -127 ? -127 : t);
+            }
+        }
+    }
+}
+
+void msgen_matvec_q8(int level, const void *w, long row_bytes, long k, long j0, long j1,
+                     const signed char *xq, const float *xd, long nx, const float *bias, float *y, long ldy,
+                     int accumulate) {
+    level = usable(level);
+    long nb = k / 32;
+    for (long r = 0; r < nx; r += 8) {
+        long n = nx - r < 8 ? nx - r : 8;
+        const signed char *qr = xq + r * k;
+        const float *dr = xd + r * nb;
+        float *yr = y + r * ldy;
+#if defined(__x86_64__)
+        if (level >= MSGEN_LEVEL_AVX512_VNNI) { matvec_q8_vnni(w, row_bytes, k, j0, j1, qr, dr, n, bias, yr, ldy, accumulate); continue; }
+        if (level >= MSGEN_LEVEL_AVX2) { matvec_q8_avx2(w, row_bytes, k, j0, j1, qr, dr, n, bias, yr, ldy, accumulate); continue; }
+#endif
+        matvec_q8_base(w, row_bytes, k, j0, j1, qr, dr, n, bias, yr, ldy, accumulate);
+    }
+}
+
+void msgen_widen(int level, int type, const void *w, long row_bytes, long k, long rows, float *out) {
+    level = usable(level);
+#if defined(__x86_64__)
+    if (level >= MSGEN_LEVEL_AVX512) { widen_avx512(type, w, row_bytes, k, rows, out); return; }
+    if (level >= MSGEN_LEVEL_AVX2) { widen_avx2(type, w, row_bytes, k, rows, out); return; }
+#endif
+    widen_base(type, w, row_bytes, k, rows, out);
+}
+
+long msgen_read_sum(int level, const void *p, long bytes) {
+    level = usable(level);
+#if defined(__x86_64__)
+    if (level >= MSGEN_LEVEL_AVX512) return read_sum_avx512(p, bytes);
+    if (level >= MSGEN_LEVEL_AVX2) return read_sum_avx2(p, bytes);
+#endif
+    return read_sum_base(p, bytes);
+}
