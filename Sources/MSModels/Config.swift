@@ -40,8 +40,8 @@ public struct ConfigReader {
     public func ints(_ key: String, min: Int = 1) throws -> [Int] {
         guard let v = object[key] else { throw MSGenError("config is missing '\(key)'") }
         guard let a = v.arrayValue, !a.isEmpty, let ints = Optional(a.compactMap(\.intValue)), ints.count == a.count,
-              ints.allSatisfy({ $0 >= min }) else {
-            throw MSGenError("config '\(key)' must be a non-empty list of integers ≥ \(min), not \(v.compactText)")
+              ints.allSatisfy({ $0 >= min && $0 <= Self.maxInt }) else {
+            throw MSGenError("config '\(key)' must be a non-empty list of integers from \(min) to \(Self.maxInt), not \(v.compactText)")
         }
         return ints
     }
