@@ -119,6 +119,7 @@ public final class Weights {
     let architecture: String
     /// The larger of 2^26 elements (256 MiB of float32) and the checkpoint's own size.
     let placeholderLimit: Int
+    static let maxProblems = 1_000
     private var placeholderElements = 0
     /// Names in the order they were asked for: the model's natural order (embeddings,
     /// then layer by layer), which `convert` stores them in.
@@ -151,13 +152,14 @@ public final class Weights {
         return f
     }
 
-    /// Zeros standing in for a tensor the checkpoint lacks, within `placeholderLimit`.
+    /// Zeros standing in for a tensor the checkpoint lacks, within `placeholderLimit`
+    /// elements and `maxProblems` tensors (a config of 10⁷ layers would take minutes).
     private func placeholder(_ shape: [Int]) throws -> Floats {
         let n = elementCount(shape)
         let (total, overflow) = placeholderElements.addingReportingOverflow(n ?? .max)
-        guard n != nil, !overflow, total <= placeholderLimit else {
+        guard n != nil, !overflow, total <= placeholderLimit, problems.count <= Self.maxProblems else {
             throw MSGenError("weights do not match the \(architecture) config: \(problems.prefix(6).joined(separator: "; ")); "
-                + "the config describes tensors far larger than the checkpoint holds (a wrong config.json?)")
+                + "the config describes far more than the checkpoint holds (a wrong config.json?)")
         }
         placeholderElements = total
         return Floats(count: n!)
