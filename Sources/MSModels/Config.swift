@@ -18,9 +18,8 @@ public struct ConfigReader {
 
     public func int(_ key: String, min: Int = 1) throws -> Int {
         guard let v = object[key] else { throw MSGenError("config is missing '\(key)'") }
-        guard let i = v.intValue, i >= min, i <= Self.maxInt else {
-            throw MSGenError("config '\(key)' must be an integer from \(min) to \(Self.maxInt), not \(v.compactText)")
-        }
+        guard let i = v.intValue, i >= min else { throw MSGenError("config '\(key)' must be an integer ≥ \(min), not \(v.compactText)") }
+        guard i <= Self.maxInt else { throw MSGenError("config '\(key)' is \(i), more than the \(Self.maxInt) msgen allows for any size") }
         return i
     }
 
