@@ -61,6 +61,17 @@ let package = Package(
             name: "MSServeTests",
             dependencies: ["MSServe", "MSGen", "MSModels", "MSFormat", "MSTokenizer", .product(name: "HummingbirdTesting", package: "hummingbird")]
         ),
+        // Fuzzing (Tests/Fuzz/README.md): the entry functions are an ordinary library, so
+        // that `swift test` replays every committed crash input through the same code.
+        // The libFuzzer mains (Tests/Fuzz/Targets) are no target: tools/fuzz.sh compiles
+        // them with swiftc against a sanitizer build of this library in .build-fuzz, so an
+        // ordinary build never sees a file without `main`.
+        .target(
+            name: "MSFuzzEntries",
+            dependencies: ["MSFormat", "MSModels", "MSTokenizer", .product(name: "ZIPFoundation", package: "ZIPFoundation")],
+            path: "Tests/Fuzz/Entries"
+        ),
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["MSFuzzEntries"], path: "Tests/Fuzz/Regression"),
         // A toy architecture registered from outside MSModels, converted and scored.
         .testTarget(name: "ArchitectureTests", dependencies: ["MSModels", "MSFormat", "MSGen", "MSTokenizer", "msgen"]),
     ],

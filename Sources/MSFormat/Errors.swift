@@ -24,3 +24,20 @@ public func elementCount(_ shape: [Int]) -> Int? {
 }
 
 public func shapeString(_ shape: [Int]) -> String { "[" + shape.map(String.init).joined(separator: ", ") + "]" }
+
+/// Bounds every reader applies to what a file declares, before anything is allocated from
+/// it. No real checkpoint comes near them; a hostile or damaged file gets one clear error
+/// instead of a huge allocation or a long loop. (Each reader's own limits sit beside it:
+/// MSZ.maxHeaderBytes, Safetensors.maxHeaderBytes, TorchCheckpoint.maxPickleBytes and
+/// maxEntries, Unpickler.maxMarkDepth/maxTupleDepth/maxValues, BPETokenizer.maxTokenId
+/// and maxMerges, and JSON nesting: RawJSON 256 levels, Foundation's parser 512.)
+public enum FormatLimits {
+    /// Tensors in one file (the largest mixture-of-experts checkpoints hold ~10⁵).
+    public static let maxTensors = 1_000_000
+    /// Dimensions of one tensor (language models use 1 to 4).
+    public static let maxDimensions = 16
+    /// How many bytes a zstd frame can expand to per stored byte: a block holds at most
+    /// 128 KiB and takes at least 4 bytes (3 of header, 1 of RLE content). A declared
+    /// size beyond this is a lie, refused before the buffer is allocated.
+    public static let maxZstdExpansion = 32_768
+}

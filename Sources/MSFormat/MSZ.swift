@@ -90,8 +90,8 @@ public final class MSZFile: @unchecked Sendable {
 
     private static func decompressHeader(_ frame: UnsafeRawBufferPointer, name: String) throws -> Data {
         let declared = Zstd.contentSize(frame)
-        guard let size = declared, size <= MSZ.maxHeaderBytes else {
-            throw MSGenError("\(name) has a corrupt header (its size is unreadable)")
+        guard let size = declared, size <= MSZ.maxHeaderBytes, size / FormatLimits.maxZstdExpansion <= frame.count else {
+            throw MSGenError("\(name) has a corrupt header (its size is unreadable or larger than its \(frame.count) stored bytes can hold)")
         }
         var data = Data(count: size)
         try data.withUnsafeMutableBytes { try Zstd.decompress(frame, into: $0, what: "the header of \(name)") }
@@ -102,9 +102,12 @@ public final class MSZFile: @unchecked Sendable {
     /// that do not overflow, sizes that match the dtype, frames inside the data section
     /// and not overlapping, and no bytes left over at the end of the file.
     private static func validate(_ entries: [MSZHeader.Entry], dataBytes: Int, name: String) throws -> [MSZTensorInfo] {
+        try check(entries.count <= FormatLimits.maxTensors, "\(name) has a corrupt header: \(entries.count) tensors, more than the \(FormatLimits.maxTensors) msgen reads")
         var seen = Set<String>()
         var infos: [MSZTensorInfo] = []
         for e in entries {
+            try check(e.shape.count <= FormatLimits.maxDimensions,
+                      "\(name): tensor \(e.name) has \(e.shape.count) dimensions, more than the \(FormatLimits.maxDimensions) msgen reads")
             try check(!e.name.isEmpty, "\(name) has a corrupt header: a tensor without a name")
             try check(seen.insert(e.name).inserted, "\(name) has a corrupt header: tensor \(e.name) appears twice")
             guard let dtype = DType(rawValue: e.dtype) else {
@@ -116,6 +119,10 @@ public final class MSZFile: @unchecked Sendable {
             try check(e.layout == "planes" || e.layout == "plain", "\(name): tensor \(e.name) has unknown layout '\(e.layout)'")
             try check(e.offset >= 0 && e.size > 0 && e.offset <= dataBytes && e.size <= dataBytes - e.offset,
                       "\(name) is truncated or corrupt: tensor \(e.name) lies outside the file")
+            // Checked here, not only at load: `inspect` must not report a tensor whose
+            // frame cannot possibly hold it.
+            try check(raw / FormatLimits.maxZstdExpansion <= e.size,
+                      "\(name) is corrupt: tensor \(e.name) needs \(raw) bytes, more than its \(e.size)-byte frame can hold")
             infos.append(MSZTensorInfo(name: e.name, dtype: dtype, shape: e.shape, offset: e.offset,
                                        storedBytes: e.size, rawBytes: raw, planes: e.layout == "planes"))
         }

@@ -40,7 +40,9 @@ struct Unpickler {
 
     indirect enum PickleValue {
         case none, bool(Bool), int(Int), float(Double), string(String), bytes([UInt8])
-        case tuple([PickleValue]), list(List), dict(Dict)
+        /// A tuple knows how deeply tuples nest inside it (`tupleDepth`): values, so freeing
+        /// one recurses that deep.
+        case tuple([PickleValue], depth: Int), list(List), dict(Dict)
         case global(Global), storage(StorageRef), tensor(TensorRef)
     }
 
@@ -49,6 +51,9 @@ struct Unpickler {
     /// Values are shared by reference (dicts and lists are classes, tuples copy on write),
     /// so memory stays proportional to the pickle's size; these make the error clear.
     static let maxMarkDepth = 1_000
+    /// How deeply tuples may nest (a state dict's go 2 deep); "(((…)))" a million deep
+    /// would overflow the stack when it is freed.
+    static let maxTupleDepth = 100
     static let maxValues = 10_000_000
     private let valueLimit: Int
 
@@ -59,6 +64,11 @@ struct Unpickler {
     /// that closing one costs nothing however deep the stack is.
     private var marks: [Int] = []
     private var memo: [Int: PickleValue] = [:]
+    /// Every dict and list built, so that `release` can empty them: a pickle can make one
+    /// contain itself (a cycle that reference counting never frees), or nest them a
+    /// million deep (freeing that would recurse as deep).
+    private var dicts: [Dict] = []
+    private var lists: [List] = []
     private let what: String
 
     /// `maxValues` is lowered only by tests, to reach the limit without a 10 MB pickle.
@@ -122,9 +132,9 @@ struct Unpickler {
             case 0x95: _ = try bytes(8)                                // FRAME
             case 0x2E: return try pop()                                // STOP
             case 0x28: try pushMark()                                  // MARK
-            case 0x7D: try push(.dict(Dict()))                         // EMPTY_DICT
-            case 0x5D: try push(.list(List()))                         // EMPTY_LIST
-            case 0x29: try push(.tuple([]))                            // EMPTY_TUPLE
+            case 0x7D: try push(.dict(newDict()))                      // EMPTY_DICT
+            case 0x5D: try push(.list(newList()))                      // EMPTY_LIST
+            case 0x29: try push(try tuple([]))                         // EMPTY_TUPLE
             case 0x4E: try push(.none)                                 // NONE
             case 0x88: try push(.bool(true))                           // NEWTRUE
             case 0x89: try push(.bool(false))                          // NEWFALSE
@@ -155,10 +165,10 @@ struct Unpickler {
                 let k = try uint(op == 0x68 ? 1 : 4)
                 guard let v = memo[k] else { throw fail("the pickle is malformed (unknown memo \(k))") }
                 try push(v)
-            case 0x74: try push(.tuple(try popMark()))                 // TUPLE
-            case 0x85: try push(.tuple([try pop()]))                   // TUPLE1
-            case 0x86: let b = try pop(); let a = try pop(); try push(.tuple([a, b]))  // TUPLE2
-            case 0x87: let c = try pop(); let b = try pop(); let a = try pop(); try push(.tuple([a, b, c]))
+            case 0x74: try push(try tuple(try popMark()))              // TUPLE
+            case 0x85: try push(try tuple([try pop()]))                // TUPLE1
+            case 0x86: let b = try pop(); let a = try pop(); try push(try tuple([a, b]))  // TUPLE2
+            case 0x87: let c = try pop(); let b = try pop(); let a = try pop(); try push(try tuple([a, b, c]))
             case 0x63:                                                 // GLOBAL "module\nname\n"
                 let module = try line(), name = try line()
                 try push(.global(try resolve(module, name)))
@@ -171,7 +181,7 @@ struct Unpickler {
                 try push(try persistentLoad(try pop()))
             case 0x52:                                                 // REDUCE
                 let args = try pop()
-                guard case .global(let g) = try pop(), case .tuple(let a) = args else {
+                guard case .global(let g) = try pop(), case .tuple(let a, _) = args else {
                     throw fail("the pickle calls something that is not an allowed function")
                 }
                 try push(try call(g, a))
@@ -200,6 +210,23 @@ struct Unpickler {
         }
     }
 
+    private mutating func newDict() -> Dict { let d = Dict(); dicts.append(d); return d }
+    private mutating func newList() -> List { let l = List(); lists.append(l); return l }
+
+    private func tuple(_ items: [PickleValue]) throws -> PickleValue {
+        let inner = items.map { if case .tuple(_, let d) = $0 { d } else { 0 } }.max() ?? 0
+        guard inner < Self.maxTupleDepth else { throw fail("the pickle nests tuples deeper than \(Self.maxTupleDepth) levels; it is not a state dict") }
+        return .tuple(items, depth: inner + 1)
+    }
+
+    /// Empties every dict and list the pickle built, once nothing built from them is
+    /// needed: cycles are broken and nothing nested is freed recursively.
+    mutating func release() {
+        for d in dicts { d.items = [] }
+        for l in lists { l.items = [] }
+        dicts = []; lists = []; stack = []; memo = [:]
+    }
+
     private func top() throws -> PickleValue {
         guard stack.count > (marks.last ?? 0), let v = stack.last else { throw fail("the pickle is malformed (stack underflow)") }
         return v
@@ -218,7 +245,7 @@ struct Unpickler {
 
     /// torch.save writes each storage as persistent id ('storage', type, key, location, numel).
     private func persistentLoad(_ pid: PickleValue) throws -> PickleValue {
-        guard case .tuple(let t) = pid, t.count == 5, case .string("storage") = t[0],
+        guard case .tuple(let t, _) = pid, t.count == 5, case .string("storage") = t[0],
               case .global(.storage(let type)) = t[1], case .string(let key) = t[2],
               case .int(let count) = t[4], count >= 0 else {
             throw fail("the pickle references a storage msgen does not understand")
@@ -226,13 +253,13 @@ struct Unpickler {
         return .storage(StorageRef(key: key, dtype: type, count: count))
     }
 
-    private func call(_ g: Global, _ args: [PickleValue]) throws -> PickleValue {
+    private mutating func call(_ g: Global, _ args: [PickleValue]) throws -> PickleValue {
         switch g {
         case .orderedDict:
-            return .dict(Dict())
+            return .dict(newDict())
         case .rebuildTensor:  // (storage, storage_offset, size, stride, requires_grad, hooks[, metadata])
             guard args.count >= 4, case .storage(let s) = args[0], case .int(let offset) = args[1],
-                  case .tuple(let size) = args[2], case .tuple(let stride) = args[3] else {
+                  case .tuple(let size, _) = args[2], case .tuple(let stride, _) = args[3] else {
                 throw fail("the pickle rebuilds a tensor with arguments msgen does not understand")
             }
             let shape = try size.map { v -> Int in guard case .int(let i) = v else { throw fail("bad tensor size") }; return i }

@@ -4,6 +4,8 @@ import Foundation
 /// header {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {…}}, then
 /// the tensor bytes. Every size is checked against the file before it is used.
 public enum Safetensors {
+    /// The format's own bound on the JSON header (safetensors refuses larger ones too).
+    static let maxHeaderBytes: UInt64 = 100_000_000
     static let dtypes: [String: DType] = ["F32": .f32, "F16": .f16, "BF16": .bf16, "I32": .i32, "I64": .i64]
 
     /// All tensors in file order.
@@ -11,7 +13,7 @@ public enum Safetensors {
         let file = try MappedFile(path: path)
         let name = (path as NSString).lastPathComponent
         guard let n = file.uint64LE(at: 0) else { throw MSGenError("\(name) is too short to be a safetensors file") }
-        guard n <= UInt64(file.count - 8), n <= 100_000_000 else {
+        guard n <= UInt64(file.count - 8), n <= maxHeaderBytes else {
             throw MSGenError("\(name) is truncated or not a safetensors file: header length \(n) is larger than the file")
         }
         let headerData = Data(file.slice(8, Int(n))!)
@@ -20,6 +22,7 @@ public enum Safetensors {
         }
         let dataStart = 8 + Int(n)
         let dataBytes = file.count - dataStart
+        try check(header.count <= FormatLimits.maxTensors, "\(name) holds \(header.count) tensors, more than the \(FormatLimits.maxTensors) msgen reads")
         var entries: [(name: String, dtype: DType, shape: [Int], begin: Int, end: Int)] = []
         for (key, value) in header where key != "__metadata__" {
             guard let v = value as? [String: Any], let dt = v["dtype"] as? String,
@@ -29,6 +32,8 @@ public enum Safetensors {
             guard let dtype = dtypes[dt] else {
                 throw MSGenError("\(name): tensor \(key) has dtype \(dt); msgen reads F32, F16, BF16 (and I32/I64)")
             }
+            try check(shape.count <= FormatLimits.maxDimensions,
+                      "\(name): tensor \(key) has \(shape.count) dimensions, more than the \(FormatLimits.maxDimensions) msgen reads")
             guard let count = elementCount(shape), let bytes = dtype.byteCount(elements: count) else {
                 throw MSGenError("\(name): tensor \(key) has an impossible shape \(shapeString(shape))")
             }

@@ -9,6 +9,7 @@ public enum TorchCheckpoint {
         let file = (path as NSString).lastPathComponent
         let archive: Archive
         if try isLegacy(path) { throw legacyError(file) }
+        try ZipDirectory.check(try MappedFile(path: path), name: file)
         do { archive = try Archive(url: URL(fileURLWithPath: path), accessMode: .read) } catch {
             throw MSGenError("\(file) is not a PyTorch zip checkpoint (damaged file? re-save it with torch.save)")
         }
@@ -26,6 +27,9 @@ public enum TorchCheckpoint {
         let pickle = entries[pkl]!
         try check(pickle.uncompressedSize <= maxPickleBytes, "\(file): its data.pkl declares \(pickle.uncompressedSize) bytes; a state dict's pickle is far smaller")
         var unpickler = Unpickler(try extract(pickle), what: file)
+        // The pickle's dicts and lists are emptied once the tensors are read off them
+        // (or the read fails): see `Unpickler.release`.
+        defer { unpickler.release() }
         let root = try unpickler.load()
 
         var storages: [String: [UInt8]] = [:]
@@ -144,6 +148,8 @@ public enum TorchCheckpoint {
         // Again for every tensor: two tensors may name one storage key with different sizes.
         let expected = try storageBytes(ref.storage, name: name, file: file)
         try check(storage.count == expected, "\(file) is damaged: storage of \(name) has \(storage.count) bytes, expected \(expected)")
+        try check(ref.shape.count <= FormatLimits.maxDimensions,
+                  "\(file): tensor \(name) has \(ref.shape.count) dimensions, more than the \(FormatLimits.maxDimensions) msgen reads")
         guard let count = elementCount(ref.shape), ref.stride.count == ref.shape.count, ref.offset >= 0 else {
             throw MSGenError("\(file): tensor \(name) has an impossible shape \(shapeString(ref.shape))")
         }

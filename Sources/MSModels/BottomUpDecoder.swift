@@ -38,11 +38,11 @@ public final class BottomUpDecoder: LanguageModel, @unchecked Sendable {
         configuration = c
         D = c.common.dModel; k = c.poolFactor; S = c.scales; N = c.maxPositions
         let D = D
-        embedding = Embedding(w, config: c.common)
-        scales = (0..<c.scales).map { Scale(w, c, $0) }
-        agg = (1..<max(c.scales, 1)).map { w.linear("agg.\($0)", out: D, in: D) }
-        aggStack = BlockStack(w, prefix: "agg_layers.", count: c.aggLayers, config: c.common)
-        output = OutputHead(w, config: c.common, embedding: embedding)
+        embedding = try Embedding(w, config: c.common)
+        scales = try (0..<c.scales).map { try Scale(w, c, $0) }
+        agg = try (1..<max(c.scales, 1)).map { try w.linear("agg.\($0)", out: D, in: D) }
+        aggStack = try BlockStack(w, prefix: "agg_layers.", count: c.aggLayers, config: c.common)
+        output = try OutputHead(w, config: c.common, embedding: embedding)
     }
 
     public func makeCache() -> DecoderCache { MultiScaleCache(scales: scales, agg: aggStack, config: configuration) }

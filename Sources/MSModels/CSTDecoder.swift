@@ -79,20 +79,20 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
         L = c.sliceLength; E = c.leftExtension; G = c.maxSlices
         scale = 1 / Float(dh).squareRoot()
         let (D, E, L, G) = (D, E, L, G)
-        embedding = Embedding(w, config: c.common)
-        let pl = w.tensor("pos_local.weight", [E + L, D]), pg = w.tensor("pos_global.weight", [G, D])
-        layers = (0..<c.nLayers).map { i in
+        embedding = try Embedding(w, config: c.common)
+        let pl = try w.tensor("pos_local.weight", [E + L, D]), pg = try w.tensor("pos_global.weight", [G, D])
+        layers = try (0..<c.nLayers).map { i in
             let p = "layers.\(i)."
-            let norm1 = w.norm(p + "norm1", D)
-            let qkv = w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
-            let o = w.linear(p + "attn.o_proj", out: D, in: D)
-            let g = c.sharedLocalGlobal ? qkv : w.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+            let norm1 = try w.norm(p + "norm1", D)
+            let qkv = try w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+            let o = try w.linear(p + "attn.o_proj", out: D, in: D)
+            let g = try c.sharedLocalGlobal ? qkv : w.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
             // Positional parts of the projections, without bias: (u + P)·Wᵀ + b = u·Wᵀ + b + P·Wᵀ.
-            return Layer(norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: FeedForward(w, prefix: p, config: c.common),
+            return Layer(norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: try FeedForward(w, prefix: p, config: c.common),
                          local: LocalAttention(qkv: qkv, positions: pl, config: c.common, sliceLength: L, leftExtension: E),
                          pgQ: g.rows(0..<D).withoutBias(pg.p, rows: G), pgK: g.rows(D..<(2 * D)).withoutBias(pg.p, rows: G))
         }
-        output = OutputHead(w, config: c.common, embedding: embedding)
+        output = try OutputHead(w, config: c.common, embedding: embedding)
     }
 
     public func makeCache() -> DecoderCache { CSTCache(self) }

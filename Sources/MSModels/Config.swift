@@ -12,9 +12,14 @@ public struct ConfigReader {
 
     public func has(_ key: String) -> Bool { object[key] != nil && object[key] != .null }
 
+    /// No size in a model comes near this (vocabularies stop at BPETokenizer's 2^24 ids);
+    /// the bound keeps products of config sizes (G·L, E+L, V·D) from overflowing.
+    public static let maxInt = 1 << 24
+
     public func int(_ key: String, min: Int = 1) throws -> Int {
         guard let v = object[key] else { throw MSGenError("config is missing '\(key)'") }
         guard let i = v.intValue, i >= min else { throw MSGenError("config '\(key)' must be an integer ≥ \(min), not \(v.compactText)") }
+        guard i <= Self.maxInt else { throw MSGenError("config '\(key)' is \(i), more than the \(Self.maxInt) msgen allows for any size") }
         return i
     }
 
@@ -34,8 +39,8 @@ public struct ConfigReader {
     public func ints(_ key: String, min: Int = 1) throws -> [Int] {
         guard let v = object[key] else { throw MSGenError("config is missing '\(key)'") }
         guard let a = v.arrayValue, !a.isEmpty, let ints = Optional(a.compactMap(\.intValue)), ints.count == a.count,
-              ints.allSatisfy({ $0 >= min }) else {
-            throw MSGenError("config '\(key)' must be a non-empty list of integers ≥ \(min), not \(v.compactText)")
+              ints.allSatisfy({ $0 >= min && $0 <= Self.maxInt }) else {
+            throw MSGenError("config '\(key)' must be a non-empty list of integers from \(min) to \(Self.maxInt), not \(v.compactText)")
         }
         return ints
     }

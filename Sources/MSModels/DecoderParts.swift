@@ -7,10 +7,10 @@ struct FeedForward {
     let fc1, fc2: Linear
     let dModel: Int, eps: Float, activation: Activation
 
-    init(_ w: Weights, prefix p: String, config c: CommonConfig) {
-        norm = w.norm(p + "norm2", c.dModel)
-        fc1 = w.linear(p + "mlp.fc1", out: c.dFF, in: c.dModel)
-        fc2 = w.linear(p + "mlp.fc2", out: c.dModel, in: c.dFF)
+    init(_ w: Weights, prefix p: String, config c: CommonConfig) throws {
+        norm = try w.norm(p + "norm2", c.dModel)
+        fc1 = try w.linear(p + "mlp.fc1", out: c.dFF, in: c.dModel)
+        fc2 = try w.linear(p + "mlp.fc2", out: c.dModel, in: c.dFF)
         dModel = c.dModel; eps = c.normEps; activation = c.activation
     }
 
@@ -31,8 +31,8 @@ struct Embedding {
     let table: WeightMatrix
     let owner: AnyObject
 
-    init(_ w: Weights, config c: CommonConfig) {
-        (table, owner) = w.matrix("embed.weight", rows: c.vocabSize, cols: c.dModel)
+    init(_ w: Weights, config c: CommonConfig) throws {
+        (table, owner) = try w.matrix("embed.weight", rows: c.vocabSize, cols: c.dModel)
     }
 
     /// The rows of `tokens`, as float32, one after another.
@@ -50,13 +50,13 @@ struct OutputHead {
     let head: Linear
     let eps: Float
 
-    init(_ w: Weights, config c: CommonConfig, embedding: Embedding) {
-        norm = w.norm("norm_f", c.dModel)
+    init(_ w: Weights, config c: CommonConfig, embedding: Embedding) throws {
+        norm = try w.norm("norm_f", c.dModel)
         if c.tieEmbeddings {
             head = embedding.asLinear
             w.readsEveryToken(head)
         } else {
-            head = w.linear("lm_head", out: c.vocabSize, in: c.dModel, bias: false)
+            head = try w.linear("lm_head", out: c.vocabSize, in: c.dModel, bias: false)
         }
         eps = c.normEps
     }
@@ -84,12 +84,12 @@ struct DecoderBlock {
     let ffn: FeedForward
 
     /// Reads `prefix` + norm1, attn.{q,k,v,o}_proj, norm2, mlp.fc1, mlp.fc2, in that order.
-    init(_ w: Weights, prefix p: String, config c: CommonConfig) {
+    init(_ w: Weights, prefix p: String, config c: CommonConfig) throws {
         let D = c.dModel
-        norm1 = w.norm(p + "norm1", D)
-        qkv = w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
-        o = w.linear(p + "attn.o_proj", out: D, in: D)
-        ffn = FeedForward(w, prefix: p, config: c)
+        norm1 = try w.norm(p + "norm1", D)
+        qkv = try w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+        o = try w.linear(p + "attn.o_proj", out: D, in: D)
+        ffn = try FeedForward(w, prefix: p, config: c)
     }
 }
 
@@ -124,8 +124,8 @@ struct BlockStack {
     let scale, eps: Float
 
     /// Blocks `prefix`0., `prefix`1., … (e.g. "layers." or "scales.1.layers.").
-    init(_ w: Weights, prefix: String, count: Int, config c: CommonConfig) {
-        blocks = (0..<count).map { DecoderBlock(w, prefix: "\(prefix)\($0).", config: c) }
+    init(_ w: Weights, prefix: String, count: Int, config c: CommonConfig) throws {
+        blocks = try (0..<count).map { try DecoderBlock(w, prefix: "\(prefix)\($0).", config: c) }
         D = c.dModel; H = c.nHeads; dh = c.dHead; dFF = c.dFF; eps = c.normEps
         scale = 1 / Float(dh).squareRoot()
     }

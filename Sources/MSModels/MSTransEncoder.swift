@@ -110,14 +110,14 @@ public final class MSTransEncoder: TextClassifier, @unchecked Sendable {
         D = c.common.dModel; H = c.common.nHeads; dh = c.common.dHead; F = c.common.dFF; V = c.common.vocabSize; C = c.labels.count
         scale = 1 / Float(dh).squareRoot()
         let D = D
-        embed = Embedding(w, config: c.common)
-        layers = (0..<c.nLayers).map { i in
+        embed = try Embedding(w, config: c.common)
+        layers = try (0..<c.nLayers).map { i in
             let p = "layers.\(i)."
-            return Layer(qkv: w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D),
-                         o: w.linear(p + "attn.o_proj", out: D, in: D), norm: w.norm(p + "norm", D), scales: c.layerScales[i])
+            return Layer(qkv: try w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D),
+                         o: try w.linear(p + "attn.o_proj", out: D, in: D), norm: try w.norm(p + "norm", D), scales: c.layerScales[i])
         }
-        fc1 = w.linear("classifier.fc1", out: F, in: 2 * D)
-        fc2 = w.linear("classifier.fc2", out: C, in: F)
+        fc1 = try w.linear("classifier.fc1", out: F, in: 2 * D)
+        fc2 = try w.linear("classifier.fc2", out: C, in: F)
     }
 
     /// The most text tokens one input can have: max_length less the [CLS] token.

@@ -50,9 +50,9 @@ struct Scale {
     let pos: Floats
     let stack: BlockStack
 
-    init(_ w: Weights, _ c: MultiScaleConfig, _ s: Int) {
-        pos = w.tensor("scales.\(s).pos.weight", [c.rows(s), c.common.dModel])
-        stack = BlockStack(w, prefix: "scales.\(s).layers.", count: c.layersPerScale[s], config: c.common)
+    init(_ w: Weights, _ c: MultiScaleConfig, _ s: Int) throws {
+        pos = try w.tensor("scales.\(s).pos.weight", [c.rows(s), c.common.dModel])
+        stack = try BlockStack(w, prefix: "scales.\(s).layers.", count: c.layersPerScale[s], config: c.common)
     }
 
     /// Adds the positions of rows first ..< first+n to x [n, D].

@@ -96,22 +96,22 @@ public final class RetinaDecoder: LanguageModel, @unchecked Sendable {
         L = c.sliceLength; M = c.levels; k = c.poolFactor; w = c.levelWindow
         scale = 1 / Float(dh).squareRoot()
         let (D, L, w) = (D, L, w), E = c.leftExtension
-        embedding = Embedding(wt, config: c.common)
-        let pl = wt.tensor("pos_local.weight", [E + L, D])
-        let pLevels = (1...c.levels).map { wt.tensor("pos_levels.\($0).weight", [w + 1, D]) }
-        layers = (0..<c.nLayers).map { i in
+        embedding = try Embedding(wt, config: c.common)
+        let pl = try wt.tensor("pos_local.weight", [E + L, D])
+        let pLevels = try (1...c.levels).map { try wt.tensor("pos_levels.\($0).weight", [w + 1, D]) }
+        layers = try (0..<c.nLayers).map { i in
             let p = "layers.\(i)."
-            let norm1 = wt.norm(p + "norm1", D)
-            let qkv = wt.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
-            let o = wt.linear(p + "attn.o_proj", out: D, in: D)
-            let g = c.sharedLocalGlobal ? qkv : wt.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+            let norm1 = try wt.norm(p + "norm1", D)
+            let qkv = try wt.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+            let o = try wt.linear(p + "attn.o_proj", out: D, in: D)
+            let g = try c.sharedLocalGlobal ? qkv : wt.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
             // Positional parts of the projections, without bias: (m + P)·Wᵀ + b = m·Wᵀ + b + P·Wᵀ.
-            return Layer(norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: FeedForward(wt, prefix: p, config: c.common),
+            return Layer(norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: try FeedForward(wt, prefix: p, config: c.common),
                          local: LocalAttention(qkv: qkv, positions: pl, config: c.common, sliceLength: L, leftExtension: E),
                          levelQ: pLevels.map { g.rows(0..<D).withoutBias($0.p + w * D, rows: 1) },
                          levelK: pLevels.map { g.rows(D..<(2 * D)).withoutBias($0.p, rows: w) })
         }
-        output = OutputHead(wt, config: c.common, embedding: embedding)
+        output = try OutputHead(wt, config: c.common, embedding: embedding)
     }
 
     public func makeCache() -> DecoderCache { RetinaCache(self) }

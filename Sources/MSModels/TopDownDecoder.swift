@@ -31,9 +31,9 @@ public final class TopDownDecoder: LanguageModel, @unchecked Sendable {
     init(_ c: MultiScaleConfig, _ w: Weights) throws {
         configuration = c
         D = c.common.dModel; k = c.poolFactor; S = c.scales; N = c.maxPositions
-        embedding = Embedding(w, config: c.common)
-        scales = (0..<c.scales).map { Scale(w, c, $0) }
-        output = OutputHead(w, config: c.common, embedding: embedding)
+        embedding = try Embedding(w, config: c.common)
+        scales = try (0..<c.scales).map { try Scale(w, c, $0) }
+        output = try OutputHead(w, config: c.common, embedding: embedding)
     }
 
     public func makeCache() -> DecoderCache { MultiScaleCache(scales: scales, agg: nil, config: configuration) }

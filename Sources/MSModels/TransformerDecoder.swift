@@ -46,10 +46,10 @@ public final class TransformerDecoder: LanguageModel, @unchecked Sendable {
     init(_ c: TransformerConfig, _ w: Weights) throws {
         configuration = c
         D = c.common.dModel; N = c.maxPositions
-        embedding = Embedding(w, config: c.common)
-        pos = w.tensor("pos.weight", [N, D])
-        stack = BlockStack(w, prefix: "layers.", count: c.nLayers, config: c.common)
-        output = OutputHead(w, config: c.common, embedding: embedding)
+        embedding = try Embedding(w, config: c.common)
+        pos = try w.tensor("pos.weight", [N, D])
+        stack = try BlockStack(w, prefix: "layers.", count: c.nLayers, config: c.common)
+        output = try OutputHead(w, config: c.common, embedding: embedding)
     }
 
     public func makeCache() -> DecoderCache { KVCache(self) }

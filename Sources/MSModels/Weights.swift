@@ -110,10 +110,17 @@ public struct WeightSummary: Sendable, Equatable {
 /// that reads it, and the same code validates a checkpoint at convert time.
 ///
 /// A missing or mis-shaped tensor is recorded, and zeros of the expected shape stand in
-/// for it so that the initializer can go on and every problem is reported at once.
+/// for it so that the initializer can go on and every problem is reported at once. Those
+/// zeros are sized by the config, not the file: past `placeholderLimit` elements (a
+/// config describing a model far larger than its checkpoint, or sizes that overflow) the
+/// read stops at once with the problems found so far, instead of allocating terabytes.
 public final class Weights {
     let tensors: [String: Tensor]
     let architecture: String
+    /// The larger of 2^26 elements (256 MiB of float32) and the checkpoint's own size.
+    let placeholderLimit: Int
+    static let maxProblems = 1_000
+    private var placeholderElements = 0
     /// Names in the order they were asked for: the model's natural order (embeddings,
     /// then layer by layer), which `convert` stores them in.
     public private(set) var names: [String] = []
@@ -124,19 +131,20 @@ public final class Weights {
     public init(_ tensors: [String: Tensor], architecture: String) {
         self.tensors = tensors
         self.architecture = architecture
+        placeholderLimit = max(1 << 26, tensors.values.reduce(0) { $0 + $1.count })
     }
 
     /// A tensor of exactly this shape, as float32.
-    public func tensor(_ name: String, _ shape: [Int]) -> Floats {
+    public func tensor(_ name: String, _ shape: [Int]) throws -> Floats {
         names.append(name)
         guard let t = tensors[name] else {
             problems.append("missing \(name) \(shapeString(shape))")
-            return Floats(count: shape.reduce(1, *))
+            return try placeholder(shape)
         }
         var ok = true
         if t.shape != shape { problems.append("\(name) has shape \(shapeString(t.shape)), config needs \(shapeString(shape))"); ok = false }
         if !t.dtype.isFloat { problems.append("\(name) has dtype \(t.dtype), weights must be f32, f16, bf16 or q8"); ok = false }
-        guard ok else { return Floats(count: shape.reduce(1, *)) }
+        guard ok else { return try placeholder(shape) }
         summary.vectorBytes += 4 * t.count
         if t.dtype == .f32 { return Floats(t) }
         let f = Floats(count: t.count, zeroed: false)
@@ -144,22 +152,35 @@ public final class Weights {
         return f
     }
 
+    /// Zeros standing in for a tensor the checkpoint lacks, within `placeholderLimit`
+    /// elements and `maxProblems` tensors (a config of 10⁷ layers would take minutes).
+    private func placeholder(_ shape: [Int]) throws -> Floats {
+        let n = elementCount(shape)
+        let (total, overflow) = placeholderElements.addingReportingOverflow(n ?? .max)
+        guard n != nil, !overflow, total <= placeholderLimit, problems.count <= Self.maxProblems else {
+            throw MSGenError("weights do not match the \(architecture) config: \(problems.prefix(6).joined(separator: "; ")); "
+                + "the config describes far more than the checkpoint holds (a wrong config.json?)")
+        }
+        placeholderElements = total
+        return Floats(count: n!)
+    }
+
     /// A matrix [rows, cols] in the dtype it is stored in, without a copy.
-    public func matrix(_ name: String, rows: Int, cols: Int) -> (matrix: WeightMatrix, owner: AnyObject) {
+    public func matrix(_ name: String, rows: Int, cols: Int) throws -> (matrix: WeightMatrix, owner: AnyObject) {
         if let t = tensors[name], let type = WeightType(rawValue: t.dtype.rawValue), t.shape == [rows, cols] {
             names.append(name)
             summary.matrixBytes[type, default: 0] += t.byteCount
             return (WeightMatrix(type: type, data: t.storage.bytes.baseAddress!, rows: rows, cols: cols), t.storage)
         }
-        let f = tensor(name, [rows, cols])  // records what is wrong
+        let f = try tensor(name, [rows, cols])  // records what is wrong
         return (WeightMatrix(type: .f32, data: f.p, rows: rows, cols: cols), f)
     }
 
     /// `prefix.weight` [out, in] and, with `bias`, `prefix.bias` [out].
-    public func linear(_ prefix: String, out: Int, in: Int, bias: Bool = true) -> Linear {
-        let w = matrix(prefix + ".weight", rows: out, cols: `in`)
+    public func linear(_ prefix: String, out: Int, in: Int, bias: Bool = true) throws -> Linear {
+        let w = try matrix(prefix + ".weight", rows: out, cols: `in`)
         summary.bytesPerToken += w.matrix.byteCount
-        return Linear(weight: w.matrix, bias: bias ? tensor(prefix + ".bias", [out]) : nil, owner: w.owner)
+        return Linear(weight: w.matrix, bias: bias ? try tensor(prefix + ".bias", [out]) : nil, owner: w.owner)
     }
 
     /// Counts a Linear made from a matrix read otherwise (a tied output projection) as
@@ -168,8 +189,8 @@ public final class Weights {
 
     /// Several Linears of the same input stacked into one (Q, K, V → one [3D, D] product):
     /// their rows side by side in their stored dtype (widened to f32 if they differ).
-    public func fused(_ prefixes: [String], out: Int, in: Int) -> Linear {
-        let parts = prefixes.map { linear($0, out: out, in: `in`) }
+    public func fused(_ prefixes: [String], out: Int, in: Int) throws -> Linear {
+        let parts = try prefixes.map { try linear($0, out: out, in: `in`) }
         let b = Floats(count: parts.count * out, zeroed: false)
         for (i, part) in parts.enumerated() { b.row(i, out).update(from: part.bias!.p, count: out) }
         let type = parts.allSatisfy({ $0.dtype == parts[0].dtype }) ? parts[0].dtype : .f32
@@ -196,8 +217,8 @@ public final class Weights {
     }
 
     /// LayerNorm `prefix.weight` and `prefix.bias`, both [dim].
-    public func norm(_ prefix: String, _ dim: Int) -> (weight: Floats, bias: Floats) {
-        (tensor(prefix + ".weight", [dim]), tensor(prefix + ".bias", [dim]))
+    public func norm(_ prefix: String, _ dim: Int) throws -> (weight: Floats, bias: Floats) {
+        (try tensor(prefix + ".weight", [dim]), try tensor(prefix + ".bias", [dim]))
     }
 
     /// Throws one error naming every problem: tensors missing, mis-shaped, of a dtype that

@@ -35,7 +35,10 @@ public struct BPETokenizer: Sendable {
 
     /// Ids past this are a damaged file, not a vocabulary (the largest real ones are ~10⁶),
     /// and would make the per-id tables enormous.
-    private static let maxTokenId = 1 << 24
+    static let maxTokenId = 1 << 24
+    /// Merge rules past this are a damaged file too (ranks are 32-bit; real lists hold
+    /// ~10⁵), refused before the merge table is sized for them.
+    static let maxMerges = 1 << 24
 
     public init(json: String) throws {
         let maxTokenId = Self.maxTokenId
@@ -63,6 +66,7 @@ public struct BPETokenizer: Sendable {
 
         // The model's vocabulary, keyed by each string's exact UTF-8.
         guard let vocabMembers = model["vocab"]?.members else { throw MSGenError("tokenizer.json has no model.vocab object") }
+        try check(vocabMembers.count <= maxTokenId, "tokenizer.json: the vocabulary has \(vocabMembers.count) entries, more than the \(maxTokenId) msgen reads")
         var vocab: [[UInt8]: Int] = [:]
         vocab.reserveCapacity(vocabMembers.count)
         var maxId = -1
@@ -142,6 +146,7 @@ public struct BPETokenizer: Sendable {
         }
 
         guard let mergeList = model["merges"]?.array else { throw MSGenError("tokenizer.json has no model.merges list") }
+        try check(mergeList.count <= Self.maxMerges, "tokenizer.json: model.merges has \(mergeList.count) rules, more than the \(Self.maxMerges) msgen reads")
         var merges = MergeTable(capacity: mergeList.count)
         var rank: UInt32 = 0
         for item in mergeList {

@@ -31,8 +31,8 @@ final class BigramDecoder: LanguageModel, @unchecked Sendable {
 
     init(_ c: Config, _ w: Weights) throws {
         config = c.common
-        embed = w.tensor("embed.weight", [c.common.vocabSize, c.common.dModel])
-        head = w.linear("lm_head", out: c.common.vocabSize, in: c.common.dModel, bias: false)
+        embed = try w.tensor("embed.weight", [c.common.vocabSize, c.common.dModel])
+        head = try w.linear("lm_head", out: c.common.vocabSize, in: c.common.dModel, bias: false)
     }
 
     func makeCache() -> DecoderCache { Cache() }

@@ -92,3 +92,43 @@ struct RegistryTests {
         }
     }
 }
+
+/// Configs no checkpoint could match (found by the config fuzzer): each is one error,
+/// never an overflow trap or an allocation sized by the config alone.
+struct HostileConfigTests {
+    func config(_ architecture: String, _ changes: [String: Int] = [:]) -> JSONValue {
+        var c = ["vocab_size": 291, "d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1, "slice_length": 4,
+                 "extension_ratio": 3, "max_slices": 4, "max_positions": 64]
+        c.merge(changes) { _, new in new }
+        return .object(c.mapValues { .number(Double($0)) }.merging(["architecture": .string(architecture)]) { a, _ in a })
+    }
+
+    func loadError(_ config: JSONValue) -> String {
+        do { _ = try Architectures.load(config: config, tensors: [:]); return "loaded" } catch { return "\(error)" }
+    }
+
+    @Test func aConfigFarLargerThanItsCheckpointStopsBeforeAllocating() {
+        // vocab × d_model = 2^24 × 2^12 floats: 256 GiB of zeros standing in for the missing
+        // embedding, before the fix.
+        for arch in ["cst-decoder", "transformer-decoder"] {
+            let e = loadError(config(arch, ["vocab_size": 16_777_216, "d_model": 4096, "n_heads": 1]))
+            #expect(e.contains("missing embed.weight [16777216, 4096]") && e.contains("far more than the checkpoint holds"), "\(e)")
+        }
+        // A config of ordinary size with no tensors still lists what is missing.
+        let e = loadError(config("cst-decoder"))
+        #expect(e.contains("missing embed.weight [291, 32]") && e.contains("and 1") && !e.contains("far more"), "\(e)")
+    }
+
+    @Test func aConfigOfManyLayersStopsAfterAThousandProblems() {
+        // Found by the config fuzzer: 5002 small layers took 10 s to fill with zeros.
+        let e = loadError(config("cst-decoder", ["n_layers": 5002]))
+        #expect(e.contains("missing embed.weight") && e.contains("far more than the checkpoint holds"), "\(e)")
+    }
+
+    @Test func sizesWhoseProductsOverflowAreRefused() {
+        // max_slices × slice_length is the context: 2^40 × 2^40 overflowed, a trap.
+        let e = loadError(config("cst-decoder", ["max_slices": 1_099_511_627_776, "slice_length": 1_099_511_627_776]))
+        #expect(e == "config 'slice_length' is 1099511627776, more than the 16777216 msgen allows for any size", "\(e)")
+        #expect(loadError(config("transformer-decoder", ["vocab_size": 16_777_217])).contains("'vocab_size' is 16777217, more than the 16777216"))
+    }
+}

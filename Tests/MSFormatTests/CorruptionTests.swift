@@ -83,6 +83,18 @@ struct CorruptionTests {
         }
     }
 
+    @Test func aHeaderFrameClaimingMoreThanItCanHoldIsRefusedBeforeAllocating() {
+        // A 13-byte zstd frame header (single segment, 8-byte content size) declaring
+        // 512 MiB: under the header limit, but no 13 bytes of zstd expand that far.
+        var frame: [UInt8] = [0x28, 0xB5, 0x2F, 0xFD, 0xE0]
+        withUnsafeBytes(of: UInt64(1 << 29).littleEndian) { frame += $0 }
+        var file = MSZ.magic
+        withUnsafeBytes(of: MSZ.version.littleEndian) { file += $0 }
+        withUnsafeBytes(of: UInt64(frame.count).littleEndian) { file += $0 }
+        let error = open(Data(file + frame)).error
+        #expect(error?.contains("larger than its 13 stored bytes can hold") == true, "\(error ?? "success")")
+    }
+
     @Test func wrongMagicFutureVersionAndOversizedHeader() throws {
         var bad = good; bad[0] = UInt8(ascii: "X")
         #expect(open(bad).error?.contains("not an msgen model") == true)
@@ -104,7 +116,9 @@ struct CorruptionTests {
             (try editTensor(0, "offset", 1 << 50), "outside the file"),
             (try editTensor(2, "offset", 0), "overlaps"),
             (try editTensor(0, "shape", [64, 16]), "declares"),                  // frame size ≠ shape
-            (try editTensor(0, "shape", [1 << 19, 1 << 19]), "declares"),        // 512 GB claimed: checked before allocating
+            // 512 GB claimed: more than any frame of its size can expand to (the fuzzers' limits).
+            (try editTensor(0, "shape", [1 << 19, 1 << 19]), "needs 549755813888 bytes, more than its"),
+            (try editTensor(2, "shape", [Int](repeating: 1, count: FormatLimits.maxDimensions + 1)), "17 dimensions, more than the 16"),
             (try editTensor(0, "layout", "zigzag"), "unknown layout"),
             (try withHeader { $0["tensors"] = 5 }, "corrupt header"),
             (try withHeader { $0.removeValue(forKey: "architecture") }, "missing key 'architecture'"),

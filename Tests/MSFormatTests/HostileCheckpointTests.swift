@@ -87,6 +87,30 @@ struct HostileCheckpointTests {
         #expect(unpickle([0x4E] + (0...100).flatMap { _ in [0x71, 0x05] }, maxValues: 100) == "no error")  // one key, rewritten
     }
 
+    @Test func tuplesCannotNestWithoutBound() {
+        // TUPLE1 a million times would be a million-deep value, freed recursively.
+        let depth = Unpickler.maxTupleDepth
+        #expect(unpickle([0x4E] + [UInt8](repeating: 0x85, count: depth)) == "no error")
+        #expect(unpickle([0x4E] + [UInt8](repeating: 0x85, count: depth + 1)).contains("nests tuples deeper than \(depth) levels"))
+        // Depth is the deepest element's plus one, whichever place it holds.
+        #expect(unpickle([0x4E, 0x4E] + [UInt8](repeating: 0x85, count: depth) + [0x86]).contains("nests tuples deeper"))
+    }
+
+    @Test func aDictHoldingItselfIsFreedAfterTheRead() throws {
+        // EMPTY_DICT, MEMOIZE, "k", BINGET 0, SETITEM: d["k"] = d, a reference cycle
+        // (found by the torch fuzzer as a leak). `release` must break it.
+        var u = Unpickler([0x80, 0x02, 0x7D, 0x94, 0x8C, 0x01, 0x6B, 0x68, 0x00, 0x73, 0x2E], what: "p.pkl")
+        weak var dict: Unpickler.Dict?
+        do {
+            guard case .dict(let d) = try u.load() else { Issue.record("not a dict"); return }
+            dict = d
+            #expect(d.items.count == 1)
+        }
+        #expect(dict != nil)  // the cycle keeps it alive until released
+        u.release()
+        #expect(dict == nil)
+    }
+
     // MARK: formats and messages (items 12, 13)
 
     @Test func legacyTorchFileSaysHowToResave() {

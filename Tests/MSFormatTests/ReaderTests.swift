@@ -57,12 +57,32 @@ struct ReaderTests {
             (good.prefix(good.count - 10), "outside the file"),
             (Data([255, 255, 255, 255, 0, 0, 0, 0]) + good.dropFirst(8), "header length"),
             (good.prefix(8) + Data(repeating: UInt8(ascii: "x"), count: good.count - 8), "not a JSON object"),
+            (safetensors(header: #"{"t": {"dtype": "F32", "shape": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1], "data_offsets": [0, 4]}}"#, data: 4),
+             "17 dimensions, more than the 16"),
         ]
         for (i, (bytes, message)) in cases.enumerated() {
             let p = dir.path("bad\(i).safetensors")
             try bytes.write(to: URL(fileURLWithPath: p))
             #expect { _ = try Safetensors.read(path: p) } throws: { "\($0)".contains(message) }
         }
+    }
+
+    /// A safetensors file of this header JSON and `data` zero bytes.
+    func safetensors(header: String, data: Int) -> Data {
+        var out = Data()
+        withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { out.append(contentsOf: $0) }
+        return out + Data(header.utf8) + Data(count: data)
+    }
+
+    @Test func zip64OffsetsPast2To63AreRefusedBeforeZIPFoundationSeeks() throws {
+        // Found by the torch fuzzer: a ZIP64 end record whose directory offset does not
+        // fit off_t trapped inside ZIPFoundation. (The fuzz input's first byte is its mode.)
+        let input = try Data(contentsOf: URL(fileURLWithPath: Fixtures.path("fuzz/torch/crash-zip64-offset-e564b537")))
+        let dir = TempDir(), p = dir.path("zip64.pt")
+        try input.dropFirst().write(to: URL(fileURLWithPath: p))
+        #expect { _ = try TorchCheckpoint.read(path: p) } throws: { "\($0)".contains("is not a PyTorch zip checkpoint") }
+        // The real checkpoints still read.
+        #expect(try TorchCheckpoint.read(path: Fixtures.path("format/tiny.pt")).count > 0)
     }
 
     @Test func damagedTorchArchiveIsAClearError() throws {
