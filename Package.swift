@@ -45,7 +45,10 @@ let package = Package(
         ),
         .executableTarget(
             name: "msgen",
-            dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen", "MSServe", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen", "MSServe",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         // What the test targets share: running the built msgen binary.
         .target(name: "MSGenTestSupport", path: "Tests/Support"),

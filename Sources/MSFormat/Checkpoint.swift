@@ -29,7 +29,9 @@ public struct Checkpoint {
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: path, isDirectory: &isDir) else { throw MSGenError("\(path): no such file or directory") }
         if !isDir.boolValue, try readFile(path, prefix: 4) == Data(MSZ.magic) {
-            try check(configPath == nil && tokenizerPath == nil, "\(path) is an .msz model, which carries its own config and tokenizer; drop --config and --tokenizer")
+            try check(
+                configPath == nil && tokenizerPath == nil,
+                "\(path) is an .msz model, which carries its own config and tokenizer; drop --config and --tokenizer")
             return try loadMSZ(path)
         }
         let dir = isDir.boolValue ? path : URL(fileURLWithPath: path).deletingLastPathComponent().path
@@ -71,9 +73,10 @@ public struct Checkpoint {
             inputs += [vocab, merges]
         }
         if let tokenizerText, let tokenizerSource { try checkTokenIds(tokenizerText, tokenizerSource, vocabSize: configJSON["vocab_size"]?.intValue) }
-        return Checkpoint(configJSON: configJSON, tensors: tensors, tokenizerJSON: tokenizerText,
-                          tokenizerSource: tokenizerSource, weightsPath: weights,
-                          weightsFormat: (gpt2 ? "gpt2 " : "") + format, inputPaths: inputs, sourceProvenance: nil)
+        return Checkpoint(
+            configJSON: configJSON, tensors: tensors, tokenizerJSON: tokenizerText,
+            tokenizerSource: tokenizerSource, weightsPath: weights,
+            weightsFormat: (gpt2 ? "gpt2 " : "") + format, inputPaths: inputs, sourceProvenance: nil)
     }
 
     /// The weights of a checkpoint directory: model.safetensors, its index, a torch index,
@@ -85,9 +88,10 @@ public struct Checkpoint {
         }
         let torch = names.filter { $0.hasSuffix(".pt") || $0.hasSuffix(".bin") || $0.hasSuffix(".pth") }.sorted()
         guard torch.count == 1 else {
-            throw MSGenError(torch.isEmpty
-                ? "\(path) has no weights (model.safetensors, \(safetensorsIndexName) with its shards, or one .pt/.bin/.pth file)"
-                : "\(path) has several weight files (\(torch.joined(separator: ", "))); pass one of them with --config")
+            throw MSGenError(
+                torch.isEmpty
+                    ? "\(path) has no weights (model.safetensors, \(safetensorsIndexName) with its shards, or one .pt/.bin/.pth file)"
+                    : "\(path) has several weight files (\(torch.joined(separator: ", "))); pass one of them with --config")
         }
         return dir.appendingPathComponent(torch[0]).path
     }
@@ -115,16 +119,18 @@ public struct Checkpoint {
     private static func loadMSZ(_ path: String) throws -> Checkpoint {
         let file = try MSZFile(path: path)
         let loaded = try file.load()
-        return Checkpoint(configJSON: file.config, tensors: file.tensors.map { ($0.name, loaded[$0.name]!) },
-                          tokenizerJSON: file.tokenizerJSON, tokenizerSource: file.tokenizerJSON == nil ? nil : path,
-                          weightsPath: path, weightsFormat: "msz", inputPaths: [path], sourceProvenance: file.provenance)
+        return Checkpoint(
+            configJSON: file.config, tensors: file.tensors.map { ($0.name, loaded[$0.name]!) },
+            tokenizerJSON: file.tokenizerJSON, tokenizerSource: file.tokenizerJSON == nil ? nil : path,
+            weightsPath: path, weightsFormat: "msz", inputPaths: [path], sourceProvenance: file.provenance)
     }
 
     /// A tokenizer.json's text, after a first look that it is one.
     private static func tokenizerJSON(_ path: String) throws -> String {
         let data = try readFile(path)
         guard let text = String(data: data, encoding: .utf8),
-              let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], obj["model"] is [String: Any] else {
+            let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], obj["model"] is [String: Any]
+        else {
             throw MSGenError("\(path) is not a Hugging Face tokenizer.json")
         }
         return text
@@ -134,7 +140,8 @@ public struct Checkpoint {
     /// a valid one is reported by validation).
     private static func checkTokenIds(_ text: String, _ source: String, vocabSize: Int?) throws {
         guard let obj = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-              let model = obj["model"] as? [String: Any], let vocab = model["vocab"] as? [String: Any] else {
+            let model = obj["model"] as? [String: Any], let vocab = model["vocab"] as? [String: Any]
+        else {
             throw MSGenError("\(source) is not a Hugging Face tokenizer.json (no model.vocab)")
         }
         let added = (obj["added_tokens"] as? [[String: Any]])?.compactMap { $0["id"] as? Int } ?? []
@@ -158,7 +165,8 @@ struct Shards {
 
     init(index path: String) throws {
         guard let obj = try? JSONSerialization.jsonObject(with: readFile(path)) as? [String: Any],
-              let map = obj["weight_map"] as? [String: Any], !map.isEmpty else {
+            let map = obj["weight_map"] as? [String: Any], !map.isEmpty
+        else {
             throw MSGenError("\(path) is not a sharded-checkpoint index (no \"weight_map\" object of tensor → file)")
         }
         let dir = URL(fileURLWithPath: path).deletingLastPathComponent()

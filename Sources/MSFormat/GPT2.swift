@@ -56,8 +56,9 @@ public enum GPT2 {
         // the others keep their shape and are checked against the config by validation.
         func take(_ n: String, _ shape: [Int]) throws -> Tensor {
             let t = try take(n)
-            try check(t.shape == shape && t.dtype.elementSize != nil,
-                      "GPT-2 checkpoint: \(n) has shape \(shapeString(t.shape)), the config needs \(shapeString(shape))")
+            try check(
+                t.shape == shape && t.dtype.elementSize != nil,
+                "GPT-2 checkpoint: \(n) has shape \(shapeString(t.shape)), the config needs \(shapeString(shape))")
             return t
         }
         // `config` is translate's output, whose sizes it checked to be integers ≥ 1.
@@ -71,12 +72,14 @@ public enum GPT2 {
                 out.append((p + "attn.\(x)_proj.weight", cAttn.rows(j * D..<(j + 1) * D)))
                 out.append((p + "attn.\(x)_proj.bias", cAttnBias.rows(j * D..<(j + 1) * D)))
             }
-            out += [(p + "attn.o_proj.weight", try take(h + "attn.c_proj.weight", [D, D]).transposed()),
-                    (p + "attn.o_proj.bias", try take(h + "attn.c_proj.bias")),
-                    (p + "norm1.weight", try take(h + "ln_1.weight")), (p + "norm1.bias", try take(h + "ln_1.bias")),
-                    (p + "norm2.weight", try take(h + "ln_2.weight")), (p + "norm2.bias", try take(h + "ln_2.bias")),
-                    (p + "mlp.fc1.weight", try take(h + "mlp.c_fc.weight", [D, F]).transposed()), (p + "mlp.fc1.bias", try take(h + "mlp.c_fc.bias")),
-                    (p + "mlp.fc2.weight", try take(h + "mlp.c_proj.weight", [F, D]).transposed()), (p + "mlp.fc2.bias", try take(h + "mlp.c_proj.bias"))]
+            out += [
+                (p + "attn.o_proj.weight", try take(h + "attn.c_proj.weight", [D, D]).transposed()),
+                (p + "attn.o_proj.bias", try take(h + "attn.c_proj.bias")),
+                (p + "norm1.weight", try take(h + "ln_1.weight")), (p + "norm1.bias", try take(h + "ln_1.bias")),
+                (p + "norm2.weight", try take(h + "ln_2.weight")), (p + "norm2.bias", try take(h + "ln_2.bias")),
+                (p + "mlp.fc1.weight", try take(h + "mlp.c_fc.weight", [D, F]).transposed()), (p + "mlp.fc1.bias", try take(h + "mlp.c_fc.bias")),
+                (p + "mlp.fc2.weight", try take(h + "mlp.c_proj.weight", [F, D]).transposed()), (p + "mlp.fc2.bias", try take(h + "mlp.c_proj.bias")),
+            ]
             // Old checkpoints carry the causal mask as a buffer; it is not a weight.
             byName.removeValue(forKey: h + "attn.bias"); byName.removeValue(forKey: h + "attn.masked_bias")
         }
@@ -105,7 +108,9 @@ extension Tensor {
         precondition(!shape.isEmpty && range.lowerBound >= 0 && range.upperBound <= shape[0])
         let rowBytes = byteCount / max(shape[0], 1)
         let out = TensorStorage(byteCount: range.count * rowBytes)
-        out.bytes.copyMemory(from: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(storage.bytes)[(range.lowerBound * rowBytes)..<(range.upperBound * rowBytes)]))
+        out.bytes.copyMemory(
+            from: UnsafeRawBufferPointer(
+                rebasing: UnsafeRawBufferPointer(storage.bytes)[(range.lowerBound * rowBytes)..<(range.upperBound * rowBytes)]))
         return Tensor(dtype: dtype, shape: [range.count] + shape.dropFirst(), storage: out)
     }
 }
@@ -143,15 +148,18 @@ extension GPT2 {
             ["type": "ByteLevel", "add_prefix_space": prefixSpace, "trim_offsets": trimOffsets, "use_regex": true]
         }
         let eos = "<|endoftext|>"
-        let added: [[String: Any]] = ids[eos].map {
-            [["id": $0, "content": eos, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true]]
-        } ?? []
+        let added: [[String: Any]] =
+            ids[eos].map {
+                [["id": $0, "content": eos, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true]]
+            } ?? []
         let root: [String: Any] = [
             "version": "1.0", "truncation": NSNull(), "padding": NSNull(), "added_tokens": added, "normalizer": NSNull(),
             "pre_tokenizer": byteLevel(false, true), "post_processor": byteLevel(true, false), "decoder": byteLevel(true, true),
-            "model": ["type": "BPE", "dropout": NSNull(), "unk_token": NSNull(), "continuing_subword_prefix": NSNull(),
-                      "end_of_word_suffix": NSNull(), "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                      "vocab": ids, "merges": pairs] as [String: Any],
+            "model": [
+                "type": "BPE", "dropout": NSNull(), "unk_token": NSNull(), "continuing_subword_prefix": NSNull(),
+                "end_of_word_suffix": NSNull(), "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": ids, "merges": pairs,
+            ] as [String: Any],
         ]
         let json = try JSONSerialization.data(withJSONObject: root, options: [.sortedKeys, .withoutEscapingSlashes])
         return String(decoding: json, as: UTF8.self)

@@ -102,12 +102,15 @@ public final class MSZFile: @unchecked Sendable {
     /// that do not overflow, sizes that match the dtype, frames inside the data section
     /// and not overlapping, and no bytes left over at the end of the file.
     private static func validate(_ entries: [MSZHeader.Entry], dataBytes: Int, name: String) throws -> [MSZTensorInfo] {
-        try check(entries.count <= FormatLimits.maxTensors, "\(name) has a corrupt header: \(entries.count) tensors, more than the \(FormatLimits.maxTensors) msgen reads")
+        try check(
+            entries.count <= FormatLimits.maxTensors,
+            "\(name) has a corrupt header: \(entries.count) tensors, more than the \(FormatLimits.maxTensors) msgen reads")
         var seen = Set<String>()
         var infos: [MSZTensorInfo] = []
         for e in entries {
-            try check(e.shape.count <= FormatLimits.maxDimensions,
-                      "\(name): tensor \(e.name) has \(e.shape.count) dimensions, more than the \(FormatLimits.maxDimensions) msgen reads")
+            try check(
+                e.shape.count <= FormatLimits.maxDimensions,
+                "\(name): tensor \(e.name) has \(e.shape.count) dimensions, more than the \(FormatLimits.maxDimensions) msgen reads")
             try check(!e.name.isEmpty, "\(name) has a corrupt header: a tensor without a name")
             try check(seen.insert(e.name).inserted, "\(name) has a corrupt header: tensor \(e.name) appears twice")
             guard let dtype = DType(rawValue: e.dtype) else {
@@ -117,14 +120,18 @@ public final class MSZFile: @unchecked Sendable {
                 throw MSGenError("\(name): tensor \(e.name) has an impossible shape \(shapeString(e.shape)) for \(dtype)")
             }
             try check(e.layout == "planes" || e.layout == "plain", "\(name): tensor \(e.name) has unknown layout '\(e.layout)'")
-            try check(e.offset >= 0 && e.size > 0 && e.offset <= dataBytes && e.size <= dataBytes - e.offset,
-                      "\(name) is truncated or corrupt: tensor \(e.name) lies outside the file")
+            try check(
+                e.offset >= 0 && e.size > 0 && e.offset <= dataBytes && e.size <= dataBytes - e.offset,
+                "\(name) is truncated or corrupt: tensor \(e.name) lies outside the file")
             // Checked here, not only at load: `inspect` must not report a tensor whose
             // frame cannot possibly hold it.
-            try check(raw / FormatLimits.maxZstdExpansion <= e.size,
-                      "\(name) is corrupt: tensor \(e.name) needs \(raw) bytes, more than its \(e.size)-byte frame can hold")
-            infos.append(MSZTensorInfo(name: e.name, dtype: dtype, shape: e.shape, offset: e.offset,
-                                       storedBytes: e.size, rawBytes: raw, planes: e.layout == "planes"))
+            try check(
+                raw / FormatLimits.maxZstdExpansion <= e.size,
+                "\(name) is corrupt: tensor \(e.name) needs \(raw) bytes, more than its \(e.size)-byte frame can hold")
+            infos.append(
+                MSZTensorInfo(
+                    name: e.name, dtype: dtype, shape: e.shape, offset: e.offset,
+                    storedBytes: e.size, rawBytes: raw, planes: e.layout == "planes"))
         }
         var end = 0
         for t in infos.sorted(by: { $0.offset < $1.offset }) {
@@ -168,7 +175,10 @@ public final class MSZFile: @unchecked Sendable {
         // The shape's size must be what the frame declares before it is allocated: a header
         // may claim terabytes for a frame of a few bytes.
         let declared = Zstd.contentSize(frame)
-        try check(declared == t.rawBytes, "tensor \(t.name) in \((path as NSString).lastPathComponent) is corrupt: its frame declares \(declared.map(String.init) ?? "no") bytes, its shape needs \(t.rawBytes)")
+        try check(
+            declared == t.rawBytes,
+            "tensor \(t.name) in \((path as NSString).lastPathComponent) is corrupt: its frame declares \(declared.map(String.init) ?? "no") bytes, its shape needs \(t.rawBytes)"
+        )
         let storage = TensorStorage(byteCount: t.rawBytes)
         try Zstd.decompress(frame, into: storage.bytes, what: "tensor \(t.name) in \((path as NSString).lastPathComponent)")
         file.release(dataStart + t.offset, t.storedBytes)
@@ -216,12 +226,15 @@ public enum MSZWriter {
         var offset = 0
         for (i, t) in tensors.enumerated() {
             let planes = (t.tensor.dtype.elementSize ?? 1) > 1
-            entries.append(.init(name: t.name, dtype: t.tensor.dtype.rawValue, shape: t.tensor.shape,
-                                 offset: offset, size: frames[i].count, layout: planes ? "planes" : "plain"))
+            entries.append(
+                .init(
+                    name: t.name, dtype: t.tensor.dtype.rawValue, shape: t.tensor.shape,
+                    offset: offset, size: frames[i].count, layout: planes ? "planes" : "plain"))
             offset += frames[i].count
         }
-        let header = MSZHeader(architecture: architecture, config: config, tokenizer: tokenizer,
-                               tensors: entries, provenance: provenance)
+        let header = MSZHeader(
+            architecture: architecture, config: config, tokenizer: tokenizer,
+            tensors: entries, provenance: provenance)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let json = try encoder.encode(header)

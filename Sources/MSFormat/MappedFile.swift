@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A whole file mapped read-only. Model files are read through the map so that zstd
@@ -64,8 +65,9 @@ public func checkOutputPath(_ path: String, inputs: [String]) throws {
         guard errno == ENOENT else { throw MSGenError("cannot write \(path): \(String(cString: strerror(errno)))") }
         let dir = (path as NSString).deletingLastPathComponent
         var isDir: ObjCBool = false
-        try check(FileManager.default.fileExists(atPath: dir.isEmpty ? "." : dir, isDirectory: &isDir) && isDir.boolValue,
-                  "cannot write \(path): the directory \(dir) does not exist")
+        try check(
+            FileManager.default.fileExists(atPath: dir.isEmpty ? "." : dir, isDirectory: &isDir) && isDir.boolValue,
+            "cannot write \(path): the directory \(dir) does not exist")
         return
     }
     try checkReplaceable(path, st)
@@ -75,20 +77,22 @@ public func checkOutputPath(_ path: String, inputs: [String]) throws {
             throw MSGenError("the output \(path) is the input \(input); writing it would destroy the checkpoint (choose another output name)")
         }
     }
-    try check(st.st_mode & 0o222 != 0, "the output \(path) exists and is read-only; msgen does not replace it (remove it, or make it writable, first)")
+    try check(
+        st.st_mode & 0o222 != 0, "the output \(path) exists and is read-only; msgen does not replace it (remove it, or make it writable, first)")
 }
 
 /// Only a regular file may be replaced by a rename: renaming over a symlink, a device or a
 /// directory would remove it rather than write to it.
 private func checkReplaceable(_ path: String, _ st: stat) throws {
-    let kind: String? = switch st.st_mode & S_IFMT {
-    case S_IFREG: nil
-    case S_IFLNK: "a symbolic link (give the path it points to, or remove the link)"
-    case S_IFDIR: "a directory (give a file name inside it, such as \(path)/model.msz)"
-    case S_IFCHR, S_IFBLK: "a device"
-    case S_IFIFO: "a pipe"
-    default: "not a regular file"
-    }
+    let kind: String? =
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: nil
+        case S_IFLNK: "a symbolic link (give the path it points to, or remove the link)"
+        case S_IFDIR: "a directory (give a file name inside it, such as \(path)/model.msz)"
+        case S_IFCHR, S_IFBLK: "a device"
+        case S_IFIFO: "a pipe"
+        default: "not a regular file"
+        }
     if let kind { throw MSGenError("the output \(path) is \(kind); msgen writes only a new file or over a regular one") }
 }
 

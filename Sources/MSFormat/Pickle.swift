@@ -15,7 +15,11 @@ struct Unpickler {
     enum StorageType: String, CaseIterable {
         case FloatStorage, HalfStorage, BFloat16Storage, DoubleStorage, IntStorage, LongStorage
         var elementSize: Int {
-            switch self { case .HalfStorage, .BFloat16Storage: 2; case .FloatStorage, .IntStorage: 4; case .DoubleStorage, .LongStorage: 8 }
+            switch self {
+            case .HalfStorage, .BFloat16Storage: 2;
+            case .FloatStorage, .IntStorage: 4;
+            case .DoubleStorage, .LongStorage: 8
+            }
         }
     }
 
@@ -128,20 +132,20 @@ struct Unpickler {
         while true {
             let op = try byte()
             switch op {
-            case 0x80: _ = try byte()                                  // PROTO
-            case 0x95: _ = try bytes(8)                                // FRAME
-            case 0x2E: return try pop()                                // STOP
-            case 0x28: try pushMark()                                  // MARK
-            case 0x7D: try push(.dict(newDict()))                      // EMPTY_DICT
-            case 0x5D: try push(.list(newList()))                      // EMPTY_LIST
-            case 0x29: try push(try tuple([]))                         // EMPTY_TUPLE
-            case 0x4E: try push(.none)                                 // NONE
-            case 0x88: try push(.bool(true))                           // NEWTRUE
-            case 0x89: try push(.bool(false))                          // NEWFALSE
-            case 0x4B: try push(.int(try uint(1)))                     // BININT1
-            case 0x4D: try push(.int(try uint(2)))                     // BININT2
-            case 0x4A: try push(.int(Int(Int32(truncatingIfNeeded: try uint(4))))) // BININT
-            case 0x8A:                                                 // LONG1
+            case 0x80: _ = try byte()  // PROTO
+            case 0x95: _ = try bytes(8)  // FRAME
+            case 0x2E: return try pop()  // STOP
+            case 0x28: try pushMark()  // MARK
+            case 0x7D: try push(.dict(newDict()))  // EMPTY_DICT
+            case 0x5D: try push(.list(newList()))  // EMPTY_LIST
+            case 0x29: try push(try tuple([]))  // EMPTY_TUPLE
+            case 0x4E: try push(.none)  // NONE
+            case 0x88: try push(.bool(true))  // NEWTRUE
+            case 0x89: try push(.bool(false))  // NEWFALSE
+            case 0x4B: try push(.int(try uint(1)))  // BININT1
+            case 0x4D: try push(.int(try uint(2)))  // BININT2
+            case 0x4A: try push(.int(Int(Int32(truncatingIfNeeded: try uint(4)))))  // BININT
+            case 0x8A:  // LONG1
                 let n = Int(try byte())
                 guard n <= 8 else { throw fail("the pickle holds an integer too large for msgen") }
                 let raw = try bytes(n)
@@ -149,58 +153,58 @@ struct Unpickler {
                 for (i, b) in raw.enumerated() { v |= Int64(b) << (8 * Int64(i)) }
                 if n > 0 && n < 8 && raw.last! & 0x80 != 0 { v -= Int64(1) << (8 * Int64(n)) }
                 try push(.int(Int(v)))
-            case 0x47:                                                 // BINFLOAT (big-endian)
+            case 0x47:  // BINFLOAT (big-endian)
                 var v: UInt64 = 0
                 for b in try bytes(8) { v = v << 8 | UInt64(b) }
                 try push(.float(Double(bitPattern: v)))
-            case 0x58: try push(.string(try text(try uint(4))))           // BINUNICODE
-            case 0x8C: try push(.string(try text(try uint(1))))           // SHORT_BINUNICODE
-            case 0x8D: try push(.string(try text(try uint(8))))           // BINUNICODE8
-            case 0x43: try push(.bytes(Array(try bytes(try uint(1)))))    // SHORT_BINBYTES
-            case 0x42: try push(.bytes(Array(try bytes(try uint(4)))))    // BINBYTES
-            case 0x71: try remember(try uint(1))                       // BINPUT
-            case 0x72: try remember(try uint(4))                       // LONG_BINPUT
-            case 0x94: try remember(memo.count)                        // MEMOIZE
-            case 0x68, 0x6A:                                           // BINGET, LONG_BINGET
+            case 0x58: try push(.string(try text(try uint(4))))  // BINUNICODE
+            case 0x8C: try push(.string(try text(try uint(1))))  // SHORT_BINUNICODE
+            case 0x8D: try push(.string(try text(try uint(8))))  // BINUNICODE8
+            case 0x43: try push(.bytes(Array(try bytes(try uint(1)))))  // SHORT_BINBYTES
+            case 0x42: try push(.bytes(Array(try bytes(try uint(4)))))  // BINBYTES
+            case 0x71: try remember(try uint(1))  // BINPUT
+            case 0x72: try remember(try uint(4))  // LONG_BINPUT
+            case 0x94: try remember(memo.count)  // MEMOIZE
+            case 0x68, 0x6A:  // BINGET, LONG_BINGET
                 let k = try uint(op == 0x68 ? 1 : 4)
                 guard let v = memo[k] else { throw fail("the pickle is malformed (unknown memo \(k))") }
                 try push(v)
-            case 0x74: try push(try tuple(try popMark()))              // TUPLE
-            case 0x85: try push(try tuple([try pop()]))                // TUPLE1
+            case 0x74: try push(try tuple(try popMark()))  // TUPLE
+            case 0x85: try push(try tuple([try pop()]))  // TUPLE1
             case 0x86: let b = try pop(); let a = try pop(); try push(try tuple([a, b]))  // TUPLE2
             case 0x87: let c = try pop(); let b = try pop(); let a = try pop(); try push(try tuple([a, b, c]))
-            case 0x63:                                                 // GLOBAL "module\nname\n"
+            case 0x63:  // GLOBAL "module\nname\n"
                 let module = try line(), name = try line()
                 try push(.global(try resolve(module, name)))
-            case 0x93:                                                 // STACK_GLOBAL
+            case 0x93:  // STACK_GLOBAL
                 guard case .string(let name) = try pop(), case .string(let module) = try pop() else {
                     throw fail("the pickle is malformed (STACK_GLOBAL)")
                 }
                 try push(.global(try resolve(module, name)))
-            case 0x51:                                                 // BINPERSID
+            case 0x51:  // BINPERSID
                 try push(try persistentLoad(try pop()))
-            case 0x52:                                                 // REDUCE
+            case 0x52:  // REDUCE
                 let args = try pop()
                 guard case .global(let g) = try pop(), case .tuple(let a, _) = args else {
                     throw fail("the pickle calls something that is not an allowed function")
                 }
                 try push(try call(g, a))
-            case 0x62:                                                 // BUILD
+            case 0x62:  // BUILD
                 _ = try pop()  // state: only OrderedDict's _metadata, which carries nothing we need
                 guard case .dict = try top() else { throw fail("the pickle sets state on an object msgen does not rebuild") }
-            case 0x73:                                                 // SETITEM
+            case 0x73:  // SETITEM
                 let v = try pop(), k = try pop()
                 try dictOnTop().items.append((k, v))
-            case 0x75:                                                 // SETITEMS
+            case 0x75:  // SETITEMS
                 let items = try popMark()
                 guard items.count % 2 == 0 else { throw fail("the pickle is malformed (SETITEMS)") }
                 let d = try dictOnTop()
                 for i in stride(from: 0, to: items.count, by: 2) { d.items.append((items[i], items[i + 1])) }
-            case 0x61:                                                 // APPEND
+            case 0x61:  // APPEND
                 let v = try pop()
                 guard case .list(let l) = try top() else { throw fail("the pickle is malformed (APPEND)") }
                 l.items.append(v)
-            case 0x65:                                                 // APPENDS
+            case 0x65:  // APPENDS
                 let items = try popMark()
                 guard case .list(let l) = try top() else { throw fail("the pickle is malformed (APPENDS)") }
                 l.items += items
@@ -215,7 +219,9 @@ struct Unpickler {
 
     private func tuple(_ items: [PickleValue]) throws -> PickleValue {
         let inner = items.map { if case .tuple(_, let d) = $0 { d } else { 0 } }.max() ?? 0
-        guard inner < Self.maxTupleDepth else { throw fail("the pickle nests tuples deeper than \(Self.maxTupleDepth) levels; it is not a state dict") }
+        guard inner < Self.maxTupleDepth else {
+            throw fail("the pickle nests tuples deeper than \(Self.maxTupleDepth) levels; it is not a state dict")
+        }
         return .tuple(items, depth: inner + 1)
     }
 
@@ -238,7 +244,8 @@ struct Unpickler {
 
     private func resolve(_ module: String, _ name: String) throws -> Global {
         guard let g = Global(module: module, name: name) else {
-            throw fail("refusing to load: the pickle calls \(module).\(name); msgen only rebuilds tensors and dicts and never runs code from a checkpoint")
+            throw fail(
+                "refusing to load: the pickle calls \(module).\(name); msgen only rebuilds tensors and dicts and never runs code from a checkpoint")
         }
         return g
     }
@@ -246,8 +253,9 @@ struct Unpickler {
     /// torch.save writes each storage as persistent id ('storage', type, key, location, numel).
     private func persistentLoad(_ pid: PickleValue) throws -> PickleValue {
         guard case .tuple(let t, _) = pid, t.count == 5, case .string("storage") = t[0],
-              case .global(.storage(let type)) = t[1], case .string(let key) = t[2],
-              case .int(let count) = t[4], count >= 0 else {
+            case .global(.storage(let type)) = t[1], case .string(let key) = t[2],
+            case .int(let count) = t[4], count >= 0
+        else {
             throw fail("the pickle references a storage msgen does not understand")
         }
         return .storage(StorageRef(key: key, dtype: type, count: count))
@@ -259,11 +267,16 @@ struct Unpickler {
             return .dict(newDict())
         case .rebuildTensor:  // (storage, storage_offset, size, stride, requires_grad, hooks[, metadata])
             guard args.count >= 4, case .storage(let s) = args[0], case .int(let offset) = args[1],
-                  case .tuple(let size, _) = args[2], case .tuple(let stride, _) = args[3] else {
+                case .tuple(let size, _) = args[2], case .tuple(let stride, _) = args[3]
+            else {
                 throw fail("the pickle rebuilds a tensor with arguments msgen does not understand")
             }
-            let shape = try size.map { v -> Int in guard case .int(let i) = v else { throw fail("bad tensor size") }; return i }
-            let strides = try stride.map { v -> Int in guard case .int(let i) = v else { throw fail("bad tensor stride") }; return i }
+            let shape = try size.map { v -> Int in
+                guard case .int(let i) = v else { throw fail("bad tensor size") }; return i
+            }
+            let strides = try stride.map { v -> Int in
+                guard case .int(let i) = v else { throw fail("bad tensor stride") }; return i
+            }
             return .tensor(TensorRef(storage: s, offset: offset, shape: shape, stride: strides))
         case .rebuildParameter, .rebuildParameterWithState:  // (tensor, requires_grad, hooks[, state])
             guard let first = args.first, case .tensor = first else { throw fail("the pickle rebuilds a parameter without a tensor") }

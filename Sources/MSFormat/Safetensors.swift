@@ -22,18 +22,21 @@ public enum Safetensors {
         }
         let dataStart = 8 + Int(n)
         let dataBytes = file.count - dataStart
-        try check(header.count <= FormatLimits.maxTensors, "\(name) holds \(header.count) tensors, more than the \(FormatLimits.maxTensors) msgen reads")
+        try check(
+            header.count <= FormatLimits.maxTensors, "\(name) holds \(header.count) tensors, more than the \(FormatLimits.maxTensors) msgen reads")
         var entries: [(name: String, dtype: DType, shape: [Int], begin: Int, end: Int)] = []
         for (key, value) in header where key != "__metadata__" {
             guard let v = value as? [String: Any], let dt = v["dtype"] as? String,
-                  let shape = v["shape"] as? [Int], let offs = v["data_offsets"] as? [Int], offs.count == 2 else {
+                let shape = v["shape"] as? [Int], let offs = v["data_offsets"] as? [Int], offs.count == 2
+            else {
                 throw MSGenError("\(name): tensor \(key) has a malformed header entry")
             }
             guard let dtype = dtypes[dt] else {
                 throw MSGenError("\(name): tensor \(key) has dtype \(dt); msgen reads F32, F16, BF16 (and I32/I64)")
             }
-            try check(shape.count <= FormatLimits.maxDimensions,
-                      "\(name): tensor \(key) has \(shape.count) dimensions, more than the \(FormatLimits.maxDimensions) msgen reads")
+            try check(
+                shape.count <= FormatLimits.maxDimensions,
+                "\(name): tensor \(key) has \(shape.count) dimensions, more than the \(FormatLimits.maxDimensions) msgen reads")
             guard let count = elementCount(shape), let bytes = dtype.byteCount(elements: count) else {
                 throw MSGenError("\(name): tensor \(key) has an impossible shape \(shapeString(shape))")
             }

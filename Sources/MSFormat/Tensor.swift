@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// 64-byte aligned, immutable-after-fill bytes of one tensor. Weights are shared by every
@@ -12,8 +12,9 @@ public final class TensorStorage: @unchecked Sendable {
         // Large tensors go on 2 MiB pages: faulting in 4 KiB pages one by one costs as much
         // as decompressing them.
         let huge = 1 << 21
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1),
-                                                   alignment: byteCount >= 2 * huge ? huge : TensorStorage.alignment)
+        let raw = UnsafeMutableRawPointer.allocate(
+            byteCount: max(byteCount, 1),
+            alignment: byteCount >= 2 * huge ? huge : TensorStorage.alignment)
         if byteCount >= 2 * huge { madvise(raw, byteCount & ~(huge - 1), MADV_HUGEPAGE) }
         bytes = UnsafeMutableRawBufferPointer(start: raw, count: byteCount)
     }

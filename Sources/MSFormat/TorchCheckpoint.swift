@@ -25,7 +25,9 @@ public enum TorchCheckpoint {
             throw MSGenError("\(file) was saved on a big-endian machine; msgen reads little-endian checkpoints")
         }
         let pickle = entries[pkl]!
-        try check(pickle.uncompressedSize <= maxPickleBytes, "\(file): its data.pkl declares \(pickle.uncompressedSize) bytes; a state dict's pickle is far smaller")
+        try check(
+            pickle.uncompressedSize <= maxPickleBytes,
+            "\(file): its data.pkl declares \(pickle.uncompressedSize) bytes; a state dict's pickle is far smaller")
         var unpickler = Unpickler(try extract(pickle), what: file)
         // The pickle's dicts and lists are emptied once the tensors are read off them
         // (or the read fails): see `Unpickler.release`.
@@ -42,8 +44,9 @@ public enum TorchCheckpoint {
                 // Checked before extracting, so that a storage claiming 2^61 elements is an
                 // error, not an allocation of that size.
                 let expected = try storageBytes(ref.storage, name: name, file: file)
-                try check(e.uncompressedSize == UInt64(expected),
-                          "\(file) is damaged: storage of \(name) has \(e.uncompressedSize) bytes, expected \(expected)")
+                try check(
+                    e.uncompressedSize == UInt64(expected),
+                    "\(file) is damaged: storage of \(name) has \(e.uncompressedSize) bytes, expected \(expected)")
                 storages[ref.storage.key] = try extract(e)
             }
             out.append((name, try materialize(ref, storages[ref.storage.key]!, name: name, file: file)))
@@ -55,7 +58,9 @@ public enum TorchCheckpoint {
     static func isLegacy(_ path: String) throws -> Bool { try readFile(path, prefix: 2) == Data([0x80, 0x02]) }
 
     static func legacyError(_ file: String) -> MSGenError {
-        MSGenError("\(file) is a legacy PyTorch file (torch.save before PyTorch 1.6, or _use_new_zipfile_serialization=False), which msgen does not read; re-save it in Python: torch.save(torch.load(\"\(file)\"), \"model.pt\", _use_new_zipfile_serialization=True)")
+        MSGenError(
+            "\(file) is a legacy PyTorch file (torch.save before PyTorch 1.6, or _use_new_zipfile_serialization=False), which msgen does not read; re-save it in Python: torch.save(torch.load(\"\(file)\"), \"model.pt\", _use_new_zipfile_serialization=True)"
+        )
     }
 
     /// No state dict's pickle comes near this (the tensors' bytes are stored beside it).
@@ -79,7 +84,8 @@ public enum TorchCheckpoint {
         // become a huge allocation.
         let limit = entry.compressedSize.multipliedReportingOverflow(by: 1100)
         guard entry.compressedSize <= archiveBytes, entry.uncompressedSize < 1 << 40, !limit.overflow,
-              entry.uncompressedSize <= limit.partialValue + 4096 else {
+            entry.uncompressedSize <= limit.partialValue + 4096
+        else {
             throw MSGenError("\(file) is damaged: entry \(entry.path) claims an impossible size")
         }
         var bytes: [UInt8] = []
@@ -91,8 +97,9 @@ public enum TorchCheckpoint {
             throw MSGenError("\(file) is damaged: cannot read \(entry.path) (\(error))")
         }
         // ZIPFoundation computes the CRC but leaves the comparison to the caller.
-        try check(crc == entry.checksum && bytes.count == entry.uncompressedSize,
-                  "\(file) is damaged: \(entry.path) fails its CRC check")
+        try check(
+            crc == entry.checksum && bytes.count == entry.uncompressedSize,
+            "\(file) is damaged: \(entry.path) fails its CRC check")
         return bytes
     }
 
@@ -104,7 +111,10 @@ public enum TorchCheckpoint {
         var dict = top
         for key in ["state_dict", "model_state_dict", "model"] {
             if let v = top.items.first(where: { if case .string(key) = $0.key { true } else { false } })?.value,
-               case .dict(let d) = v { dict = d; break }
+                case .dict(let d) = v
+            {
+                dict = d; break
+            }
         }
         var out: [(String, Unpickler.TensorRef)] = []
         var seen = Set<String>()
@@ -113,14 +123,18 @@ public enum TorchCheckpoint {
         // many keys. The walk refuses cycles and bounds its depth and total output.
         var path: [ObjectIdentifier] = []
         func walk(_ d: Unpickler.Dict, _ prefix: String) throws {
-            try check(!path.contains(ObjectIdentifier(d)),
-                      "\(file): the dict under '\(prefix.dropLast())' contains itself; msgen reads plain state dicts (save model.state_dict())")
+            try check(
+                !path.contains(ObjectIdentifier(d)),
+                "\(file): the dict under '\(prefix.dropLast())' contains itself; msgen reads plain state dicts (save model.state_dict())")
             try check(path.count < maxNesting, "\(file): dicts nest deeper than \(maxNesting) levels; msgen reads plain state dicts")
             path.append(ObjectIdentifier(d))
             defer { path.removeLast() }
             for (k, v) in d.items {
                 visited += 1
-                try check(visited <= maxEntries, "\(file) holds more than \(maxEntries) entries (counting dicts shared under several keys once per key); it is not a model's state dict")
+                try check(
+                    visited <= maxEntries,
+                    "\(file) holds more than \(maxEntries) entries (counting dicts shared under several keys once per key); it is not a model's state dict"
+                )
                 guard case .string(let name) = k else { continue }
                 switch v {
                 case .tensor(let t):
@@ -148,8 +162,9 @@ public enum TorchCheckpoint {
         // Again for every tensor: two tensors may name one storage key with different sizes.
         let expected = try storageBytes(ref.storage, name: name, file: file)
         try check(storage.count == expected, "\(file) is damaged: storage of \(name) has \(storage.count) bytes, expected \(expected)")
-        try check(ref.shape.count <= FormatLimits.maxDimensions,
-                  "\(file): tensor \(name) has \(ref.shape.count) dimensions, more than the \(FormatLimits.maxDimensions) msgen reads")
+        try check(
+            ref.shape.count <= FormatLimits.maxDimensions,
+            "\(file): tensor \(name) has \(ref.shape.count) dimensions, more than the \(FormatLimits.maxDimensions) msgen reads")
         guard let count = elementCount(ref.shape), ref.stride.count == ref.shape.count, ref.offset >= 0 else {
             throw MSGenError("\(file): tensor \(name) has an impossible shape \(shapeString(ref.shape))")
         }
@@ -160,21 +175,25 @@ public enum TorchCheckpoint {
             try check(s >= 0, "\(file): tensor \(name) has a negative stride")
             let (span, o1) = (d - 1).multipliedReportingOverflow(by: s)
             let (sum, o2) = last.addingReportingOverflow(span)
-            try check(!o1 && !o2, "\(file) is damaged: tensor \(name) reaches past its storage (offset \(ref.offset), strides \(shapeString(ref.stride)))")
+            try check(
+                !o1 && !o2, "\(file) is damaged: tensor \(name) reaches past its storage (offset \(ref.offset), strides \(shapeString(ref.stride)))")
             last = sum
         }
         try check(count == 0 || last < storageCount, "\(file) is damaged: tensor \(name) reaches past its storage")
         // A view repeating elements (stride 0, from expand()) could be far larger than the
         // file; state dicts hold tensors that own their elements.
-        try check(count <= max(storageCount, 1), "\(file): tensor \(name) has \(count) elements but its storage only \(storageCount) (a broadcast view); save a contiguous copy")
+        try check(
+            count <= max(storageCount, 1),
+            "\(file): tensor \(name) has \(count) elements but its storage only \(storageCount) (a broadcast view); save a contiguous copy")
 
-        let dtype: DType = switch type {
-        case .FloatStorage, .DoubleStorage: .f32  // float64 is narrowed: nothing runs in f64
-        case .HalfStorage: .f16
-        case .BFloat16Storage: .bf16
-        case .IntStorage: .i32
-        case .LongStorage: .i64
-        }
+        let dtype: DType =
+            switch type {
+            case .FloatStorage, .DoubleStorage: .f32  // float64 is narrowed: nothing runs in f64
+            case .HalfStorage: .f16
+            case .BFloat16Storage: .bf16
+            case .IntStorage: .i32
+            case .LongStorage: .i64
+            }
         let outES = dtype.elementSize!
         let result = TensorStorage(byteCount: count * outES)
         var contiguous = [Int](repeating: 1, count: ref.shape.count)

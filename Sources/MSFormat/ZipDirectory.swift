@@ -21,14 +21,17 @@ enum ZipDirectory {
         // The end record (22 bytes and a comment of at most 65535): ZIPFoundation takes
         // the signature nearest the end.
         let eocdSignature: UInt32 = 0x0605_4B50
-        guard let eocd = stride(from: file.count - 22, through: max(0, file.count - 22 - 65535), by: -1)
-            .first(where: { u32($0) == eocdSignature }) else { throw bad }
+        guard
+            let eocd = stride(from: file.count - 22, through: max(0, file.count - 22 - 65535), by: -1)
+                .first(where: { u32($0) == eocdSignature })
+        else { throw bad }
         guard var entries = u16(eocd + 10).map(UInt64.init), var directory = u32(eocd + 16).map(UInt64.init) else { throw bad }
         // A ZIP64 end record sits right before its 20-byte locator, right before the end record.
         let locator = eocd - 20, record = locator - 56
         if record >= 0, u32(locator) == 0x0706_4B50, u32(record) == 0x0606_4B50 {
             guard let n = u64(record + 32), let size = u64(record + 40), let offset = u64(record + 48),
-                  n < maxValue, size < maxValue, offset < maxValue else { throw bad }
+                n < maxValue, size < maxValue, offset < maxValue
+            else { throw bad }
             (entries, directory) = (n, offset)
         }
         // Every central directory entry: its ZIP64 extra field (id 1) holds 8-byte sizes
@@ -36,7 +39,8 @@ enum ZipDirectory {
         var at = Int(directory)
         for _ in 0..<min(entries, UInt64(file.count / 46)) {
             guard u32(at) == 0x0201_4B50, let nameLength = u16(at + 28), let extraLength = u16(at + 30),
-                  let commentLength = u16(at + 32) else { return }  // where ZIPFoundation stops too
+                let commentLength = u16(at + 32)
+            else { return }  // where ZIPFoundation stops too
             var field = at + 46 + nameLength
             let end = field + extraLength
             while field + 4 <= end, let id = u16(field), let size = u16(field + 2) {

@@ -55,8 +55,9 @@ public struct Bench {
     /// Seconds per decoded token once `depth` tokens are in the cache. Depths past the
     /// context are reached by decoding (prefill fills at most the context).
     public func decode(depth: Int) throws -> Decode {
-        try check(model.canDecodePastContext || depth + decodeTokens * repetitions <= model.config.context,
-                  "depth \(depth) is past this \(model.config.architecture)'s context of \(model.config.context)")
+        try check(
+            model.canDecodePastContext || depth + decodeTokens * repetitions <= model.config.context,
+            "depth \(depth) is past this \(model.config.architecture)'s context of \(model.config.context)")
         let cache = model.makeCache()
         let start = min(depth, model.config.context)
         if start > 0 { _ = try model.prefill(tokens(start), cache: cache, logitsFor: (start - 1)..<start) }
@@ -80,7 +81,8 @@ public struct Bench {
 /// Peak resident memory of this process so far (VmHWM), in bytes.
 public func peakResidentBytes() -> Int {
     guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-          let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
-          let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
+        let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+        let kb = Int(line.split(separator: " ").dropFirst().first ?? "")
+    else { return 0 }
     return kb * 1024
 }

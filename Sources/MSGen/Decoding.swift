@@ -86,12 +86,16 @@ public struct Decoding: Sendable {
         var piece = detokenizer.push(id)
         var (text, stopped) = stops.push(piece)
         let reason: StopReason? =
-            id == eos ? .eos
-            : stopped ? .stop
-            : generated >= options.maxTokens ? .maxTokens
-            // The model cannot take this token: the cache already holds `context`.
-            : !canDecodePastContext && promptCount + generated > context ? .contextFull
-            : nil
+            id == eos
+            ? .eos
+            : stopped
+                ? .stop
+                : generated >= options.maxTokens
+                    ? .maxTokens
+                    // The model cannot take this token: the cache already holds `context`.
+                    : !canDecodePastContext && promptCount + generated > context
+                        ? .contextFull
+                        : nil
         if let reason {
             finished = reason
             if reason != .stop {

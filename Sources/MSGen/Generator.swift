@@ -88,11 +88,14 @@ public final class Generator: @unchecked Sendable {
 
     /// The same, synchronously: `emit` receives every event in order, the last one `.done`.
     /// `isCancelled` is asked before each token.
-    public func generate(_ prompt: [Int], options: GenerationOptions, isCancelled: () -> Bool = { false },
-                         emit: (GenerationEvent) -> Void) throws {
+    public func generate(
+        _ prompt: [Int], options: GenerationOptions, isCancelled: () -> Bool = { false },
+        emit: (GenerationEvent) -> Void
+    ) throws {
         try checkPrompt(prompt)
-        var decoding = Decoding(prompt: prompt, options: options, tokenizer: tokenizer, eos: eos,
-                                context: model.config.context, canDecodePastContext: model.canDecodePastContext)
+        var decoding = Decoding(
+            prompt: prompt, options: options, tokenizer: tokenizer, eos: eos,
+            context: model.config.context, canDecodePastContext: model.canDecodePastContext)
         let cache = model.makeCache()
         let t0 = Date()
         var logits = decoding.finished == nil ? try model.prefill(prompt: prompt, cache: cache) : []
@@ -104,10 +107,12 @@ public final class Generator: @unchecked Sendable {
             emit(.token(d))
             if d.stop == nil { logits = model.step(d.id, cache: cache) }
         }
-        emit(.done(GenerationSummary(
-            stopReason: decoding.finished!, promptTokens: prompt.count, generatedTokens: decoding.generated,
-            prefillSeconds: t1.timeIntervalSince(t0), decodeSeconds: Date().timeIntervalSince(t1),
-            seed: options.sampler.seed, cacheBytes: cache.byteCount, heldBackText: heldBack)))
+        emit(
+            .done(
+                GenerationSummary(
+                    stopReason: decoding.finished!, promptTokens: prompt.count, generatedTokens: decoding.generated,
+                    prefillSeconds: t1.timeIntervalSince(t0), decodeSeconds: Date().timeIntervalSince(t1),
+                    seed: options.sampler.seed, cacheBytes: cache.byteCount, heldBackText: heldBack)))
     }
 }
 

@@ -77,16 +77,19 @@ public struct Scorer {
     /// and changing it while other threads are in OpenBLAS alters their results.
     /// `isCancelled` is asked before each window (each token with `stream`); once it says
     /// yes, scoring throws `CancellationError` when the windows under way are done.
-    public func score(_ ids: [Int], context c: Int, stride s: Int, stream: Bool = false, base: LanguageModel? = nil,
-                      threads: Int = 1, isCancelled: () -> Bool = { false },
-                      progress: (Int, Int) -> Void = { _, _ in }) throws -> Result {
+    public func score(
+        _ ids: [Int], context c: Int, stride s: Int, stream: Bool = false, base: LanguageModel? = nil,
+        threads: Int = 1, isCancelled: () -> Bool = { false },
+        progress: (Int, Int) -> Void = { _, _ in }
+    ) throws -> Result {
         let started = Date()
         var result = Result()
         if stream {
             // One pass through the bounded cache, a batched chunk at a time: row i of a
             // chunk predicts token i + 1.
-            try check(ids.count <= model.config.context || model.canDecodePastContext,
-                      "--stream: this \(model.config.architecture) cannot go past its context of \(model.config.context) tokens; score in windows instead")
+            try check(
+                ids.count <= model.config.context || model.canDecodePastContext,
+                "--stream: this \(model.config.architecture) cannot go past its context of \(model.config.context) tokens; score in windows instead")
             let chunk = max(1, min(model.config.context, Scorer.streamChunk))
             let cache = model.makeCache(), baseCache = base?.makeCache()
             try model.prefill(chunked: ids, cache: cache, chunk: chunk) { logits, rows in

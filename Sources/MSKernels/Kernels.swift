@@ -1,8 +1,9 @@
 import CBLAS
 import CVector
 import Dispatch
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The numeric kernels of msgen: every BLAS call and every hand-vectorised loop lives
@@ -26,8 +27,9 @@ public enum Kernels {
         if m == 1 {
             cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(k), 1, w, Int32(k), x, 1, beta, y, 1)
         } else {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
-                        1, x, Int32(lx), w, Int32(k), beta, y, Int32(ly))
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
+                1, x, Int32(lx), w, Int32(k), beta, y, Int32(ly))
         }
     }
 
@@ -184,15 +186,17 @@ public enum Kernels {
         var b = 0
         while b < count {
             let rows = min(causalBlock, count - b), n = start + b + rows
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(dh), scale,
-                        q + b * queryStride, Int32(queryStride), keys, Int32(keyStride), 0, s, Int32(n))
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(dh), scale,
+                q + b * queryStride, Int32(queryStride), keys, Int32(keyStride), 0, s, Int32(n))
             for r in 0..<rows {
                 let valid = start + b + r + 1, row = s + r * n
                 softmax(row, count: valid)
                 (row + valid).update(repeating: 0, count: n - valid)
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(dh), Int32(n), 1,
-                        s, Int32(n), values, Int32(valueStride), 0, out + b * outStride, Int32(outStride))
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(dh), Int32(n), 1,
+                s, Int32(n), values, Int32(valueStride), 0, out + b * outStride, Int32(outStride))
             b += rows
         }
     }
@@ -203,10 +207,10 @@ public enum Kernels {
     /// Which compiled copy of the C kernels runs (CVector): each level includes the ones
     /// below it.
     public enum Level: Int, Comparable, CaseIterable, Sendable {
-        case baseline = 0     // plain x86-64, or any other CPU
-        case avx2 = 1         // AVX2 + FMA + F16C
-        case avx512 = 2       // + AVX-512 F/BW/VL/DQ
-        case avx512vnni = 3   // + AVX-512 VNNI (q8 dot products)
+        case baseline = 0  // plain x86-64, or any other CPU
+        case avx2 = 1  // AVX2 + FMA + F16C
+        case avx512 = 2  // + AVX-512 F/BW/VL/DQ
+        case avx512vnni = 3  // + AVX-512 VNNI (q8 dot products)
         public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
         /// The best level this CPU runs.
         public static var cpu: Level { Level(rawValue: Int(msgen_cpu_level())) ?? .baseline }

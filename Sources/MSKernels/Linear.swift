@@ -73,8 +73,9 @@ extension Kernels {
         let lx = xStride ?? w.cols, ly = yStride ?? w.rows
         guard m > 0, w.rows > 0 else { return }
         if w.type == .f32, m > f32MatvecRows {
-            linear(x, rows: m, in: w.cols, xStride: lx, weight: w.data.assumingMemoryBound(to: Float.self), out: w.rows,
-                   bias: bias, into: y, yStride: ly, accumulate: accumulate)
+            linear(
+                x, rows: m, in: w.cols, xStride: lx, weight: w.data.assumingMemoryBound(to: Float.self), out: w.rows,
+                bias: bias, into: y, yStride: ly, accumulate: accumulate)
         } else if m <= matvecRows {
             matvec(x, rows: m, xStride: lx, weight: w, bias: bias, into: y, yStride: ly, accumulate: accumulate)
         } else {
@@ -109,8 +110,9 @@ extension Kernels {
             withUnsafeTemporaryAllocation(of: Float.self, capacity: m * k / WeightType.q8Block) { d in
                 msgen_quantize_q8(x, lx, m, k, q.baseAddress!, d.baseAddress!)
                 parallelFor(w.rows, minimum: minimum) { r in
-                    msgen_matvec_q8(level, w.data, rb, k, r.lowerBound, r.upperBound, q.baseAddress!, d.baseAddress!, m,
-                                    bias, y, ly, acc)
+                    msgen_matvec_q8(
+                        level, w.data, rb, k, r.lowerBound, r.upperBound, q.baseAddress!, d.baseAddress!, m,
+                        bias, y, ly, acc)
                 }
             }
         }
@@ -142,8 +144,9 @@ extension Kernels {
             parallelFor(t, minimum: max(1, (1 << 15) / max(k, 1))) { r in
                 msgen_widen(level, w.type.code, part.data + r.lowerBound * rb, rb, k, r.count, scratch + r.lowerBound * k)
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(t), Int32(k), 1, x, Int32(lx),
-                        scratch, Int32(k), beta, y + j, Int32(ly))
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(t), Int32(k), 1, x, Int32(lx),
+                scratch, Int32(k), beta, y + j, Int32(ly))
             j += t
         }
     }

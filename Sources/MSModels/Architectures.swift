@@ -62,8 +62,9 @@ extension LanguageModel {
     /// The checks every prefill makes before it touches the cache.
     public func checkPrefill(_ tokens: [Int], at position: Int) throws {
         try check(tokens.allSatisfy { $0 >= 0 && $0 < config.vocabSize }, "token id out of range for a vocabulary of \(config.vocabSize)")
-        try check(canDecodePastContext || position + tokens.count <= config.context,
-                  "the prompt has \(position + tokens.count) tokens; this model's context is \(config.context)")
+        try check(
+            canDecodePastContext || position + tokens.count <= config.context,
+            "the prompt has \(position + tokens.count) tokens; this model's context is \(config.context)")
     }
 }
 
@@ -117,16 +118,20 @@ public struct Architecture: Sendable {
     public let describe: @Sendable (ConfigReader) throws -> String
     let build: @Sendable (ConfigReader, Weights) throws -> Model
 
-    public init(languageModel name: String, describe: @escaping @Sendable (ConfigReader) throws -> String,
-                build: @escaping @Sendable (ConfigReader, Weights) throws -> LanguageModel) {
+    public init(
+        languageModel name: String, describe: @escaping @Sendable (ConfigReader) throws -> String,
+        build: @escaping @Sendable (ConfigReader, Weights) throws -> LanguageModel
+    ) {
         self.name = name
         kind = "language model"
         self.describe = describe
         self.build = { .languageModel(try build($0, $1)) }
     }
 
-    public init(classifier name: String, describe: @escaping @Sendable (ConfigReader) throws -> String,
-                build: @escaping @Sendable (ConfigReader, Weights) throws -> TextClassifier) {
+    public init(
+        classifier name: String, describe: @escaping @Sendable (ConfigReader) throws -> String,
+        build: @escaping @Sendable (ConfigReader, Weights) throws -> TextClassifier
+    ) {
         self.name = name
         kind = "classifier"
         self.describe = describe
@@ -168,7 +173,8 @@ public enum Architectures {
     /// Builds a model from a config and its tensors, checking every key and every tensor.
     /// Also returns the tensor names in the model's natural order.
     public static func load(config: JSONValue, tensors: [String: Tensor]) throws
-        -> (model: Architecture.Model, names: [String], weights: WeightSummary) {
+        -> (model: Architecture.Model, names: [String], weights: WeightSummary)
+    {
         let a = try named(in: config)
         let reader = try ConfigReader(config)
         let weights = Weights(tensors, architecture: a.name)
@@ -180,20 +186,26 @@ public enum Architectures {
 
 extension Architectures {
     /// A language model from a config and its tensors; `file` names it in messages.
-    public static func languageModel(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor], file: String = "the model") throws -> LanguageModel {
+    public static func languageModel(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor], file: String = "the model") throws
+        -> LanguageModel
+    {
         try languageModelAndWeights(config: config, tensors: try tensors(), file: file).model
     }
 
     /// The same, with what its weights take.
-    public static func languageModelAndWeights(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor],
-                                               file: String = "the model") throws -> (model: LanguageModel, weights: WeightSummary) {
+    public static func languageModelAndWeights(
+        config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor],
+        file: String = "the model"
+    ) throws -> (model: LanguageModel, weights: WeightSummary) {
         let loaded = try load(config, tensors, as: "language model", file: file, command: "this command")
         guard case .languageModel(let m) = loaded.model else { preconditionFailure("load checks the kind") }
         return (m, loaded.weights)
     }
 
     /// A text classifier from a config and its tensors.
-    public static func classifier(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor], file: String = "the model") throws -> TextClassifier {
+    public static func classifier(config: JSONValue, tensors: @autoclosure () throws -> [String: Tensor], file: String = "the model") throws
+        -> TextClassifier
+    {
         guard case .classifier(let c) = try load(config, tensors, as: "classifier", file: file, command: "classify").model else {
             preconditionFailure("load checks the kind")
         }
@@ -202,8 +214,10 @@ extension Architectures {
 
     /// Checks that the config's architecture is of the kind a command needs before the
     /// tensors are read, then builds the model.
-    private static func load(_ config: JSONValue, _ tensors: () throws -> [String: Tensor], as kind: String, file: String,
-                             command: String) throws -> (model: Architecture.Model, names: [String], weights: WeightSummary) {
+    private static func load(
+        _ config: JSONValue, _ tensors: () throws -> [String: Tensor], as kind: String, file: String,
+        command: String
+    ) throws -> (model: Architecture.Model, names: [String], weights: WeightSummary) {
         let a = try named(in: config)
         guard a.kind == kind else {
             let wanted = all.filter { $0.kind == kind }.map(\.name).joined(separator: " or ")

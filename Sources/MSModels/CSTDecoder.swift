@@ -23,8 +23,9 @@ public struct CSTConfig: Sendable, Equatable {
         maxSlices = try r.int("max_slices")
         sharedLocalGlobal = try r.bool("shared_local_global", default: true)
         try check((1...3).contains(extensionRatio), "config 'extension_ratio' must be 1, 2 or 3, not \(extensionRatio)")
-        try check((extensionRatio - 1) * sliceLength % 2 == 0,
-                  "config: the left extension (α−1)·L/2 = (\(extensionRatio)−1)·\(sliceLength)/2 is not an integer")
+        try check(
+            (extensionRatio - 1) * sliceLength % 2 == 0,
+            "config: the left extension (α−1)·L/2 = (\(extensionRatio)−1)·\(sliceLength)/2 is not an integer")
         common.context = maxSlices * sliceLength
     }
 }
@@ -58,12 +59,12 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
 
     struct Layer {
         let norm1: (weight: Floats, bias: Floats)
-        let qkv: Linear          // [Wq; Wk; Wv]: one [3D, D] product
+        let qkv: Linear  // [Wq; Wk; Wv]: one [3D, D] product
         let o: Linear
-        let globalQKV: Linear    // [Wgq; Wgk; Wgv], the same as qkv when shared
+        let globalQKV: Linear  // [Wgq; Wgk; Wgv], the same as qkv when shared
         let ffn: FeedForward
         let local: LocalAttention  // with P_l·Wqᵀ, P_l·Wkᵀ
-        let pgQ, pgK: Floats     // P_g·Wgqᵀ, P_g·Wgkᵀ [G, D]
+        let pgQ, pgK: Floats  // P_g·Wgqᵀ, P_g·Wgkᵀ [G, D]
     }
 
     /// Builds the model from its tensors, checking that none is missing or left over.
@@ -88,9 +89,10 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
             let o = try w.linear(p + "attn.o_proj", out: D, in: D)
             let g = try c.sharedLocalGlobal ? qkv : w.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
             // Positional parts of the projections, without bias: (u + P)·Wᵀ + b = u·Wᵀ + b + P·Wᵀ.
-            return Layer(norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: try FeedForward(w, prefix: p, config: c.common),
-                         local: LocalAttention(qkv: qkv, positions: pl, config: c.common, sliceLength: L, leftExtension: E),
-                         pgQ: g.rows(0..<D).withoutBias(pg.p, rows: G), pgK: g.rows(D..<(2 * D)).withoutBias(pg.p, rows: G))
+            return Layer(
+                norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: try FeedForward(w, prefix: p, config: c.common),
+                local: LocalAttention(qkv: qkv, positions: pl, config: c.common, sliceLength: L, leftExtension: E),
+                pgQ: g.rows(0..<D).withoutBias(pg.p, rows: G), pgK: g.rows(D..<(2 * D)).withoutBias(pg.p, rows: G))
         }
         output = try OutputHead(w, config: c.common, embedding: embedding)
     }
@@ -102,16 +104,19 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
     /// The global output g for the slice that follows a layer's kept summaries: its query
     /// is the newest summary, its keys all of them, each with the P_g row of its place in
     /// the list. `keys` holds (G+1)·D floats of scratch, `scores` G.
-    func globalAttention(_ l: Layer, _ s: CSTCache.LayerState, keys: UnsafeMutablePointer<Float>,
-                         scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    func globalAttention(
+        _ l: Layer, _ s: CSTCache.LayerState, keys: UnsafeMutablePointer<Float>,
+        scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
+    ) {
         let c = s.count, rows = s.summaries.p
         guard c > 0 else { out.update(repeating: 0, count: D); return }
         let q = keys + c * D  // scratch past the keys
         Kernels.sum(rows + (c - 1) * 3 * D, l.pgQ.row(c - 1, D), into: q, count: D)
         for i in 0..<c { Kernels.sum(rows + i * 3 * D + D, l.pgK.row(i, D), into: keys + i * D, count: D) }
         for h in 0..<H {
-            Kernels.attend(query: q + h * dh, keys: keys + h * dh, keyStride: D, values: rows + 2 * D + h * dh,
-                           valueStride: 3 * D, count: c, headDim: dh, scale: scale, scores: scores, into: out + h * dh)
+            Kernels.attend(
+                query: q + h * dh, keys: keys + h * dh, keyStride: D, values: rows + 2 * D + h * dh,
+                valueStride: 3 * D, count: c, headDim: dh, scale: scale, scores: scores, into: out + h * dh)
         }
     }
 
@@ -126,8 +131,8 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
         try checkPrefill(tokens, at: c.position)
         let T = tokens.count, p0 = c.position, (D, L) = (D, L)
         guard T > 0 else { return [] }
-        let first = p0 / L, last = (p0 + T - 1) / L       // the slices this chunk touches
-        let completed = (p0 + T) / L - first              // of which the chunk completes
+        let first = p0 / L, last = (p0 + T - 1) / L  // the slices this chunk touches
+        let completed = (p0 + T) / L - first  // of which the chunk completes
         // Activations, each written in full before it is read: not zeroed first.
         let h = Floats(count: T * D, zeroed: false), u = Floats(count: T * D, zeroed: false)
         let qkv = Floats(count: T * 3 * D, zeroed: false), a = Floats(count: T * D, zeroed: false)
@@ -162,7 +167,11 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
             let gqkv = l.globalQKV(m.p, rows: done)
             var next = 0
             for t in first...last {
-                if t == first { g.p.update(from: s.g.p, count: D) } else { globalAttention(l, s, keys: keys.p, scores: scores.p, into: g.row(t - first, D)) }
+                if t == first {
+                    g.p.update(from: s.g.p, count: D)
+                } else {
+                    globalAttention(l, s, keys: keys.p, scores: scores.p, into: g.row(t - first, D))
+                }
                 if t * L + L <= p0 + T { c.push(s, gqkv.row(next, 3 * D)); next += 1 }
             }
             // The global output of the slice the next token is in.
@@ -202,8 +211,9 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
                 let q = Floats(count: D, zeroed: false), sc = Floats(count: W, zeroed: false)
                 for b in range {
                     let s = cs[b].layers[li]
-                    l.local.token(qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
-                                  keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
+                    l.local.token(
+                        qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
+                        keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
                 }
             }
             for b in 0..<B {
@@ -247,11 +257,11 @@ final class CSTCache: DecoderCache {
     let D: Int, W: Int, capacity: Int
 
     final class LayerState {
-        let k, v: Floats            // ring of raw keys/values, row p mod (E+L)
-        let sliceSum: Floats        // Σ a over the current slice
-        let summaries: Floats       // [gq | gk | gv] of kept summaries, oldest first
-        var count = 0               // kept summaries (≤ G−1)
-        let g: Floats               // the current slice's global output
+        let k, v: Floats  // ring of raw keys/values, row p mod (E+L)
+        let sliceSum: Floats  // Σ a over the current slice
+        let summaries: Floats  // [gq | gk | gv] of kept summaries, oldest first
+        var count = 0  // kept summaries (≤ G−1)
+        let g: Floats  // the current slice's global output
         init(D: Int, W: Int, capacity: Int) {
             k = Floats(count: W * D); v = Floats(count: W * D); sliceSum = Floats(count: D)
             summaries = Floats(count: max(capacity, 1) * 3 * D); g = Floats(count: D)

@@ -39,7 +39,8 @@ public struct ConfigReader {
     public func ints(_ key: String, min: Int = 1) throws -> [Int] {
         guard let v = object[key] else { throw MSGenError("config is missing '\(key)'") }
         guard let a = v.arrayValue, !a.isEmpty, let ints = Optional(a.compactMap(\.intValue)), ints.count == a.count,
-              ints.allSatisfy({ $0 >= min && $0 <= Self.maxInt }) else {
+            ints.allSatisfy({ $0 >= min && $0 <= Self.maxInt })
+        else {
             throw MSGenError("config '\(key)' must be a non-empty list of integers from \(min) to \(Self.maxInt), not \(v.compactText)")
         }
         return ints
@@ -76,7 +77,9 @@ public struct CommonConfig: Sendable, Equatable {
         if let v = r.object["norm_eps"] {
             guard let e = v.doubleValue, e > 0 else { throw MSGenError("config 'norm_eps' must be a positive number") }
             normEps = Float(e)
-        } else { normEps = 1e-5 }
+        } else {
+            normEps = 1e-5
+        }
         let act = r.object["activation"]?.stringValue ?? "gelu"
         guard let a = Activation(rawValue: act) else { throw MSGenError("config 'activation' must be gelu or gelu_tanh, not \(act)") }
         activation = a

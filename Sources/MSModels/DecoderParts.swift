@@ -79,7 +79,7 @@ struct OutputHead {
 /// per scale, over that scale's rows.
 struct DecoderBlock {
     let norm1: (weight: Floats, bias: Floats)
-    let qkv: Linear          // [Wq; Wk; Wv]: one [3D, D] product
+    let qkv: Linear  // [Wq; Wk; Wv]: one [3D, D] product
     let o: Linear
     let ffn: FeedForward
 
@@ -96,7 +96,7 @@ struct DecoderBlock {
 /// The keys and values of one block's rows so far, for one sequence. Rows below the
 /// owner's position are filled; the rest is allocated but untouched (no resident memory).
 final class KVRows {
-    let k, v: Floats    // [capacity, D]
+    let k, v: Floats  // [capacity, D]
     let D: Int
 
     init(capacity: Int, D: Int) {
@@ -149,9 +149,10 @@ struct BlockStack {
             l.qkv.apply(u.p, rows: T, into: qkv.p)
             for i in 0..<T { s.append(qkv.row(i, 3 * D), at: start + i) }
             for hd in 0..<H {
-                Kernels.causalAttention(queries: qkv.p + hd * dh, queryStride: 3 * D, keys: s.k.p + hd * dh, keyStride: D,
-                                        values: s.v.p + hd * dh, valueStride: D, start: start, count: T, headDim: dh,
-                                        scale: scale, scratch: scratch.p, into: a.p + hd * dh, outStride: D)
+                Kernels.causalAttention(
+                    queries: qkv.p + hd * dh, queryStride: 3 * D, keys: s.k.p + hd * dh, keyStride: D,
+                    values: s.v.p + hd * dh, valueStride: D, start: start, count: T, headDim: dh,
+                    scale: scale, scratch: scratch.p, into: a.p + hd * dh, outStride: D)
             }
             l.o.apply(a.p, rows: T, into: h, accumulate: true)
             l.ffn.apply(h, rows: T, u: u.p, f: f.p)
@@ -176,8 +177,9 @@ struct BlockStack {
                     let s = states[b][li], p = positions[b]
                     s.append(qkv.row(b, 3 * D), at: p)
                     for hd in 0..<H {
-                        Kernels.attend(query: qkv.row(b, 3 * D) + hd * dh, keys: s.k.p + hd * dh, keyStride: D, values: s.v.p + hd * dh,
-                                       valueStride: D, count: p + 1, headDim: dh, scale: scale, scores: scores.p, into: a.row(b, D) + hd * dh)
+                        Kernels.attend(
+                            query: qkv.row(b, 3 * D) + hd * dh, keys: s.k.p + hd * dh, keyStride: D, values: s.v.p + hd * dh,
+                            valueStride: D, count: p + 1, headDim: dh, scale: scale, scores: scores.p, into: a.row(b, D) + hd * dh)
                     }
                 }
             }

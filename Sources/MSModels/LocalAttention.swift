@@ -8,7 +8,7 @@ import MSKernels
 struct LocalAttention: @unchecked Sendable {
     let D, H, dh, L, E: Int
     let scale: Float
-    let plQ, plK: Floats     // P_l·Wqᵀ, P_l·Wkᵀ   [E+L, D]
+    let plQ, plK: Floats  // P_l·Wqᵀ, P_l·Wkᵀ   [E+L, D]
     /// The longest window, E + L: also the length of the key/value ring.
     var W: Int { E + L }
 
@@ -34,16 +34,18 @@ struct LocalAttention: @unchecked Sendable {
                 let ws = max(0, t * L - E), qs = max(p0, t * L), we = min(p0 + T, t * L + L)
                 let fromRing = ws < p0
                 for j in ws..<we {
-                    let raw = j < p0 ? (k: ringK.row(j % W, D), v: ringV.row(j % W, D)) : (k: qkv.row(j - p0, 3 * D) + D, v: qkv.row(j - p0, 3 * D) + 2 * D)
+                    let raw =
+                        j < p0 ? (k: ringK.row(j % W, D), v: ringV.row(j % W, D)) : (k: qkv.row(j - p0, 3 * D) + D, v: qkv.row(j - p0, 3 * D) + 2 * D)
                     Kernels.sum(raw.k, plK.row(E + j - t * L, D), into: wk.row(j - ws, D), count: D)
                     if fromRing { wv.row(j - ws, D).update(from: raw.v, count: D) }
                 }
                 for i in qs..<we { Kernels.sum(qkv.row(i - p0, 3 * D), plQ.row(E + i - t * L, D), into: q.row(i - qs, D), count: D) }
                 let values = fromRing ? (wv.p, D) : (qkv.row(ws - p0, 3 * D) + 2 * D, 3 * D)
                 for hd in 0..<H {
-                    Kernels.causalAttention(queries: q.p + hd * dh, queryStride: D, keys: wk.p + hd * dh, keyStride: D,
-                                            values: values.0 + hd * dh, valueStride: values.1, start: qs - ws, count: we - qs,
-                                            headDim: dh, scale: scale, scratch: scratch.p, into: a.row(qs - p0, D) + hd * dh, outStride: D)
+                    Kernels.causalAttention(
+                        queries: q.p + hd * dh, queryStride: D, keys: wk.p + hd * dh, keyStride: D,
+                        values: values.0 + hd * dh, valueStride: values.1, start: qs - ws, count: we - qs,
+                        headDim: dh, scale: scale, scratch: scratch.p, into: a.row(qs - p0, D) + hd * dh, outStride: D)
                 }
             }
         }
@@ -57,9 +59,11 @@ struct LocalAttention: @unchecked Sendable {
     /// into the ring: over the tokens from its slice's start less E (clipped at token 0)
     /// to itself, all of which the ring holds. `keys` and `values` hold W·D floats of
     /// scratch, `query` D, `scores` W.
-    func token(_ qkv: UnsafePointer<Float>, position p: Int, ringK: Floats, ringV: Floats,
-               keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, query: UnsafeMutablePointer<Float>,
-               scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    func token(
+        _ qkv: UnsafePointer<Float>, position p: Int, ringK: Floats, ringV: Floats,
+        keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, query: UnsafeMutablePointer<Float>,
+        scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
+    ) {
         let r = p % L, first = max(0, p - r - E), n = p - first + 1
         ringK.row(p % W, D).update(from: qkv + D, count: D)
         ringV.row(p % W, D).update(from: qkv + 2 * D, count: D)
@@ -69,8 +73,9 @@ struct LocalAttention: @unchecked Sendable {
             (values + (j - first) * D).update(from: ringV.row(j % W, D), count: D)
         }
         for hd in 0..<H {
-            Kernels.attend(query: query + hd * dh, keys: keys + hd * dh, keyStride: D, values: values + hd * dh,
-                           valueStride: D, count: n, headDim: dh, scale: scale, scores: scores, into: out + hd * dh)
+            Kernels.attend(
+                query: query + hd * dh, keys: keys + hd * dh, keyStride: D, values: values + hd * dh,
+                valueStride: D, count: n, headDim: dh, scale: scale, scores: scores, into: out + hd * dh)
         }
     }
 }

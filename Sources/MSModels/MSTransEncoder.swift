@@ -16,7 +16,10 @@ public enum HeadScale: Equatable, Sendable, CustomStringConvertible {
         }
     }
     public var description: String {
-        switch self { case .window(let w): "\(w)"; case .fraction(let k): "N/\(k)" }
+        switch self {
+        case .window(let w): "\(w)";
+        case .fraction(let k): "N/\(k)"
+        }
     }
 
     init(_ v: JSONValue, layer: Int) throws {
@@ -43,7 +46,8 @@ public struct MSTransConfig: Sendable, Equatable {
         clsTokenId = try r.int("cls_token_id", min: 0)
         try check(clsTokenId < common.vocabSize, "config 'cls_token_id' \(clsTokenId) is not below vocab_size \(common.vocabSize)")
         guard let labelList = r.object["labels"]?.arrayValue?.compactMap(\.stringValue), !labelList.isEmpty,
-              labelList.count == r.object["labels"]?.arrayValue?.count else {
+            labelList.count == r.object["labels"]?.arrayValue?.count
+        else {
             throw MSGenError("config 'labels' must be a non-empty list of strings")
         }
         labels = labelList
@@ -91,7 +95,7 @@ public final class MSTransEncoder: TextClassifier, @unchecked Sendable {
     let fc1, fc2: Linear
 
     struct Layer {
-        let qkv: Linear          // [Wq; Wk; Wv]: one [3D, D] product
+        let qkv: Linear  // [Wq; Wk; Wv]: one [3D, D] product
         let o: Linear
         let norm: (weight: Floats, bias: Floats)
         let scales: [HeadScale]  // one per head
@@ -113,8 +117,9 @@ public final class MSTransEncoder: TextClassifier, @unchecked Sendable {
         embed = try Embedding(w, config: c.common)
         layers = try (0..<c.nLayers).map { i in
             let p = "layers.\(i)."
-            return Layer(qkv: try w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D),
-                         o: try w.linear(p + "attn.o_proj", out: D, in: D), norm: try w.norm(p + "norm", D), scales: c.layerScales[i])
+            return Layer(
+                qkv: try w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D),
+                o: try w.linear(p + "attn.o_proj", out: D, in: D), norm: try w.norm(p + "norm", D), scales: c.layerScales[i])
         }
         fc1 = try w.linear("classifier.fc1", out: F, in: 2 * D)
         fc2 = try w.linear("classifier.fc2", out: C, in: F)
@@ -165,9 +170,10 @@ public final class MSTransEncoder: TextClassifier, @unchecked Sendable {
                 let half = (s.width(sequenceLength: n) - 1) / 2
                 for i in 0..<n {
                     let lo = max(0, i - half), hi = min(n - 1, i + half)
-                    Kernels.attend(query: qkv.row(i, 3 * D) + hd * dh, keys: qkv.row(lo, 3 * D) + D + hd * dh, keyStride: 3 * D,
-                                   values: qkv.row(lo, 3 * D) + 2 * D + hd * dh, valueStride: 3 * D,
-                                   count: hi - lo + 1, headDim: dh, scale: scale, scores: scores.p, into: a.row(i, D) + hd * dh)
+                    Kernels.attend(
+                        query: qkv.row(i, 3 * D) + hd * dh, keys: qkv.row(lo, 3 * D) + D + hd * dh, keyStride: 3 * D,
+                        values: qkv.row(lo, 3 * D) + 2 * D + hd * dh, valueStride: 3 * D,
+                        count: hi - lo + 1, headDim: dh, scale: scale, scores: scores.p, into: a.row(i, D) + hd * dh)
                 }
             }
             // H ← LN(H + ReLU(concat(heads)·Woᵀ + bo))

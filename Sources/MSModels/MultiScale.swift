@@ -27,13 +27,15 @@ public struct MultiScaleConfig: Sendable, Equatable {
         layersPerScale = try r.ints("layers_per_scale")
         aggLayers = architecture == "bottom-up-decoder" ? try r.int("agg_layers", min: 0) : 0
         maxPositions = try r.int("max_positions")
-        try check(layersPerScale.count == scales,
-                  "config 'layers_per_scale' has \(layersPerScale.count) entries; it needs one per scale ('scales' is \(scales))")
+        try check(
+            layersPerScale.count == scales,
+            "config 'layers_per_scale' has \(layersPerScale.count) entries; it needs one per scale ('scales' is \(scales))")
         // The coarsest block, without overflowing: past N it cannot divide N anyway.
         var coarsest = 1
         for _ in 1..<max(scales, 1) where coarsest <= maxPositions { coarsest *= poolFactor }
-        try check(maxPositions % coarsest == 0,
-                  "config 'max_positions' \(maxPositions) is not a multiple of pool_factor^(scales−1) = \(poolFactor)^\(scales - 1)")
+        try check(
+            maxPositions % coarsest == 0,
+            "config 'max_positions' \(maxPositions) is not a multiple of pool_factor^(scales−1) = \(poolFactor)^\(scales - 1)")
         common.context = maxPositions
     }
 

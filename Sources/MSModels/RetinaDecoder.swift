@@ -33,13 +33,15 @@ public struct RetinaConfig: Sendable, Equatable {
         levelWindow = try r.int("level_window")
         sharedLocalGlobal = try r.bool("shared_local_global", default: true)
         try check((1...3).contains(extensionRatio), "config 'extension_ratio' must be 1, 2 or 3, not \(extensionRatio)")
-        try check((extensionRatio - 1) * sliceLength % 2 == 0,
-                  "config: the left extension (α−1)·L/2 = (\(extensionRatio)−1)·\(sliceLength)/2 is not an integer")
+        try check(
+            (extensionRatio - 1) * sliceLength % 2 == 0,
+            "config: the left extension (α−1)·L/2 = (\(extensionRatio)−1)·\(sliceLength)/2 is not an integer")
         // The reach must fit an Int (and any sane memory): w·L·k^(M−1) ≤ 2^40 tokens.
         var reach = levelWindow.multipliedReportingOverflow(by: sliceLength)
         for _ in 1..<levels where !reach.overflow { reach = reach.partialValue.multipliedReportingOverflow(by: poolFactor) }
-        try check(!reach.overflow && reach.partialValue <= 1 << 40,
-                  "config: the reach level_window·slice_length·pool_factor^(levels−1) is too large (levels \(levels), pool_factor \(poolFactor))")
+        try check(
+            !reach.overflow && reach.partialValue <= 1 << 40,
+            "config: the reach level_window·slice_length·pool_factor^(levels−1) is too large (levels \(levels), pool_factor \(poolFactor))")
         common.context = reach.partialValue
     }
 }
@@ -74,13 +76,13 @@ public final class RetinaDecoder: LanguageModel, @unchecked Sendable {
 
     struct Layer {
         let norm1: (weight: Floats, bias: Floats)
-        let qkv: Linear          // [Wq; Wk; Wv]: one [3D, D] product
+        let qkv: Linear  // [Wq; Wk; Wv]: one [3D, D] product
         let o: Linear
-        let globalQKV: Linear    // [Wgq; Wgk; Wgv], the same as qkv when shared
+        let globalQKV: Linear  // [Wgq; Wgk; Wgv], the same as qkv when shared
         let ffn: FeedForward
         let local: LocalAttention
-        let levelQ: [Floats]     // per level: P_ℓ[w]·Wgqᵀ  [D]
-        let levelK: [Floats]     // per level: P_ℓ[age]·Wgkᵀ for age 0…w−1  [w, D]
+        let levelQ: [Floats]  // per level: P_ℓ[w]·Wgqᵀ  [D]
+        let levelK: [Floats]  // per level: P_ℓ[age]·Wgkᵀ for age 0…w−1  [w, D]
     }
 
     /// Builds the model from its tensors, checking that none is missing or left over.
@@ -106,10 +108,11 @@ public final class RetinaDecoder: LanguageModel, @unchecked Sendable {
             let o = try wt.linear(p + "attn.o_proj", out: D, in: D)
             let g = try c.sharedLocalGlobal ? qkv : wt.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
             // Positional parts of the projections, without bias: (m + P)·Wᵀ + b = m·Wᵀ + b + P·Wᵀ.
-            return Layer(norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: try FeedForward(wt, prefix: p, config: c.common),
-                         local: LocalAttention(qkv: qkv, positions: pl, config: c.common, sliceLength: L, leftExtension: E),
-                         levelQ: pLevels.map { g.rows(0..<D).withoutBias($0.p + w * D, rows: 1) },
-                         levelK: pLevels.map { g.rows(D..<(2 * D)).withoutBias($0.p, rows: w) })
+            return Layer(
+                norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: try FeedForward(wt, prefix: p, config: c.common),
+                local: LocalAttention(qkv: qkv, positions: pl, config: c.common, sliceLength: L, leftExtension: E),
+                levelQ: pLevels.map { g.rows(0..<D).withoutBias($0.p + w * D, rows: 1) },
+                levelK: pLevels.map { g.rows(D..<(2 * D)).withoutBias($0.p, rows: w) })
         }
         output = try OutputHead(wt, config: c.common, embedding: embedding)
     }
@@ -123,7 +126,8 @@ public final class RetinaDecoder: LanguageModel, @unchecked Sendable {
     /// coarser level adds the finer level's new summary to its open block and, when that
     /// block has its k children, appends it too (and so on up). Then every level attends
     /// with the query m^1_t, and their sum is the next slice's g.
-    func completeSlice(_ l: Layer, _ s: RetinaCache.LayerState, slice t: Int, summary m1: UnsafePointer<Float>, projections row: UnsafePointer<Float>) {
+    func completeSlice(_ l: Layer, _ s: RetinaCache.LayerState, slice t: Int, summary m1: UnsafePointer<Float>, projections row: UnsafePointer<Float>)
+    {
         let D = D
         s.push(level: 0, row + D)
         var child = m1
@@ -153,8 +157,9 @@ public final class RetinaDecoder: LanguageModel, @unchecked Sendable {
             Kernels.sum(query, l.levelQ[level].p, into: q.p, count: D)
             for i in 0..<c { Kernels.sum(blocks.row(i, 2 * D), l.levelK[level].row(c - 1 - i, D), into: keys.row(i, D), count: D) }
             for h in 0..<H {
-                Kernels.attend(query: q.p + h * dh, keys: keys.p + h * dh, keyStride: D, values: blocks.p + D + h * dh,
-                               valueStride: 2 * D, count: c, headDim: dh, scale: scale, scores: scores.p, into: g.p + h * dh)
+                Kernels.attend(
+                    query: q.p + h * dh, keys: keys.p + h * dh, keyStride: D, values: blocks.p + D + h * dh,
+                    valueStride: 2 * D, count: c, headDim: dh, scale: scale, scores: scores.p, into: g.p + h * dh)
             }
             Kernels.add(g.p, into: out, count: D)
         }
@@ -171,8 +176,8 @@ public final class RetinaDecoder: LanguageModel, @unchecked Sendable {
         try checkPrefill(tokens, at: c.position)
         let T = tokens.count, p0 = c.position, (D, L) = (D, L)
         guard T > 0 else { return [] }
-        let first = p0 / L, last = (p0 + T - 1) / L       // the slices this chunk touches
-        let completed = (p0 + T) / L - first              // of which the chunk completes
+        let first = p0 / L, last = (p0 + T - 1) / L  // the slices this chunk touches
+        let completed = (p0 + T) / L - first  // of which the chunk completes
         // Activations, each written in full before it is read: not zeroed first.
         let h = Floats(count: T * D, zeroed: false), u = Floats(count: T * D, zeroed: false)
         let qkv = Floats(count: T * 3 * D, zeroed: false), a = Floats(count: T * D, zeroed: false)
@@ -242,8 +247,9 @@ public final class RetinaDecoder: LanguageModel, @unchecked Sendable {
                 let q = Floats(count: D, zeroed: false), sc = Floats(count: W, zeroed: false)
                 for b in range {
                     let s = cs[b].layers[li]
-                    l.local.token(qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
-                                  keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
+                    l.local.token(
+                        qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
+                        keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
                 }
             }
             for b in 0..<B {
@@ -286,11 +292,11 @@ final class RetinaCache: DecoderCache {
     let D: Int, W: Int, window: Int
 
     final class LayerState {
-        let k, v: Floats            // ring of raw keys/values, row p mod (E+L)
-        let sums: [Floats]          // per level: Σ over its open block
-        let blocks: [Floats]        // per level: [gk | gv] of its last w complete blocks, oldest first
-        var counts: [Int]           // per level: blocks kept (≤ w)
-        let g: Floats               // the current slice's Σ_ℓ g^ℓ
+        let k, v: Floats  // ring of raw keys/values, row p mod (E+L)
+        let sums: [Floats]  // per level: Σ over its open block
+        let blocks: [Floats]  // per level: [gk | gv] of its last w complete blocks, oldest first
+        var counts: [Int]  // per level: blocks kept (≤ w)
+        let g: Floats  // the current slice's Σ_ℓ g^ℓ
         let D: Int, window: Int
         init(D: Int, W: Int, levels: Int, window: Int) {
             self.D = D; self.window = window

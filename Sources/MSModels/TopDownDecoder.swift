@@ -67,8 +67,10 @@ public final class TopDownDecoder: LanguageModel, @unchecked Sendable {
     /// The rows of scale s that tokens p0 ..< p0+T complete: each the mean of its block's
     /// b_s embeddings (the open block's earlier ones are in the cache's sum), plus its
     /// position, plus Up of the scale above; then through the scale's blocks.
-    func advance(scale s: Int, _ st: MultiScaleCache.ScaleState, embeddings e: Floats, rows T: Int, from p0: Int,
-                 above: FreshRows?) -> FreshRows {
+    func advance(
+        scale s: Int, _ st: MultiScaleCache.ScaleState, embeddings e: Floats, rows T: Int, from p0: Int,
+        above: FreshRows?
+    ) -> FreshRows {
         let b = configuration.blockSize(s), D = D
         let n = (p0 + T) / b - st.rows
         let z = Floats(count: max(n, 1) * D, zeroed: false)

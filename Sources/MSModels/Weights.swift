@@ -64,11 +64,14 @@ public struct Linear: @unchecked Sendable {
 
     /// y[rows, out] = x[rows, in]·Wᵀ + b, or y += that with `accumulate`. Rows of x and y
     /// may be strided.
-    public func apply(_ x: UnsafePointer<Float>, rows: Int, xStride: Int? = nil, into y: UnsafeMutablePointer<Float>,
-                      yStride: Int? = nil, accumulate: Bool = false) {
+    public func apply(
+        _ x: UnsafePointer<Float>, rows: Int, xStride: Int? = nil, into y: UnsafeMutablePointer<Float>,
+        yStride: Int? = nil, accumulate: Bool = false
+    ) {
         guard rows > 0 else { return }
-        Kernels.linear(x, rows: rows, xStride: xStride, weight: weight, bias: bias.map { UnsafePointer($0.p + biasOffset) },
-                       into: y, yStride: yStride, accumulate: accumulate)
+        Kernels.linear(
+            x, rows: rows, xStride: xStride, weight: weight, bias: bias.map { UnsafePointer($0.p + biasOffset) },
+            into: y, yStride: yStride, accumulate: accumulate)
     }
 
     /// Output rows `r` only: one of the projections of a fused layer.
@@ -158,8 +161,9 @@ public final class Weights {
         let n = elementCount(shape)
         let (total, overflow) = placeholderElements.addingReportingOverflow(n ?? .max)
         guard n != nil, !overflow, total <= placeholderLimit, problems.count <= Self.maxProblems else {
-            throw MSGenError("weights do not match the \(architecture) config: \(problems.prefix(6).joined(separator: "; ")); "
-                + "the config describes far more than the checkpoint holds (a wrong config.json?)")
+            throw MSGenError(
+                "weights do not match the \(architecture) config: \(problems.prefix(6).joined(separator: "; ")); "
+                    + "the config describes far more than the checkpoint holds (a wrong config.json?)")
         }
         placeholderElements = total
         return Floats(count: n!)

@@ -22,17 +22,20 @@ public struct APIError: Error, Sendable, Equatable {
     static func badRequest(_ message: String, param: String? = nil, code: String? = nil) -> APIError {
         APIError(status: 400, message: message, type: "invalid_request_error", param: param, code: code)
     }
-    static let unauthorized = APIError(status: 401, message: "missing or wrong API key (send 'Authorization: Bearer KEY')",
-                                       type: "invalid_request_error", code: "invalid_api_key")
+    static let unauthorized = APIError(
+        status: 401, message: "missing or wrong API key (send 'Authorization: Bearer KEY')",
+        type: "invalid_request_error", code: "invalid_api_key")
     static func notFound(_ path: String) -> APIError {
         APIError(status: 404, message: "no such route: \(path)", type: "invalid_request_error", code: "not_found")
     }
     static func tooLarge(limit: Int?) -> APIError {
-        APIError(status: 413, message: "the request body is larger than the limit" + (limit.map { " of \($0) bytes" } ?? ""),
-                 type: "invalid_request_error", code: "request_too_large")
+        APIError(
+            status: 413, message: "the request body is larger than the limit" + (limit.map { " of \($0) bytes" } ?? ""),
+            type: "invalid_request_error", code: "request_too_large")
     }
-    static let overloaded = APIError(status: 503, message: "the server is at capacity (all sequences running, the queue full); retry later",
-                                     type: "server_error", code: "overloaded")
+    static let overloaded = APIError(
+        status: 503, message: "the server is at capacity (all sequences running, the queue full); retry later",
+        type: "server_error", code: "overloaded")
     static let shuttingDown = APIError(status: 503, message: "the server is shutting down", type: "server_error", code: "shutting_down")
     static func internalError(_ message: String) -> APIError {
         APIError(status: 500, message: message, type: "server_error", code: "internal_error")

@@ -51,8 +51,9 @@ struct Handlers: Sendable {
         guard !prompt.isEmpty else { throw APIError.badRequest("the prompt is empty", param: chat ? "messages" : "prompt") }
         var o = GenerationOptions()
         o.maxTokens = c.maxTokens ?? c.maxCompletionTokens ?? o.maxTokens
-        try require(o.maxTokens >= 0 && o.maxTokens <= engine.options.maxTokensLimit,
-                    "'max_tokens' must be in 0…\(engine.options.maxTokensLimit)", "max_tokens")
+        try require(
+            o.maxTokens >= 0 && o.maxTokens <= engine.options.maxTokensLimit,
+            "'max_tokens' must be in 0…\(engine.options.maxTokensLimit)", "max_tokens")
         o.ignoreEOS = c.ignoreEos ?? false
         o.stop = c.stop?.values ?? []
         try require(o.stop.count <= 16, "at most 16 stop strings", "stop")
@@ -73,9 +74,10 @@ struct Handlers: Sendable {
         o.sampler = s
         let ids = engine.tokenizer.encode(prompt)
         let prefix = chat ? "chatcmpl-" : "cmpl-"
-        return Job(id: prefix + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(24),
-                   created: Int(Date().timeIntervalSince1970), prompt: ids, options: o,
-                   stream: c.stream ?? false, chat: chat, wantsLogprobs: wantsLogprobs)
+        return Job(
+            id: prefix + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(24),
+            created: Int(Date().timeIntervalSince1970), prompt: ids, options: o,
+            stream: c.stream ?? false, chat: chat, wantsLogprobs: wantsLogprobs)
     }
 
     private func checkTopLogprobs(_ n: Int?, param: String) throws -> Int {
@@ -120,32 +122,35 @@ struct Handlers: Sendable {
         // Watching for the client's close consumes the connection's input: it cannot carry
         // another request, and the client is told so.
         let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-cache", .connection: "close"]
-        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            defer { handle.cancel() }
-            try await request.body.consumeWithInboundCloseHandler { _ in
-                if let first = try render.opening() { try await writer.write(Self.event(first)) }
-                var offset = 0
-                for await event in handle.events {
-                    switch event {
-                    case .token(let d):
-                        // The last token's text goes out with finish_reason, in `end`'s chunk.
-                        if d.stop != nil || (d.text.isEmpty && !render.job.wantsLogprobs) { render.hold(d); continue }
-                        try await writer.write(Self.event(try render.chunk(d, offset: offset)))
-                        offset += d.text.unicodeScalars.count
-                    case .end(let reason, let p, let c):
-                        try await writer.write(Self.event(try render.closing(reason: reason, usage: Usage(prompt: p, completion: c), offset: offset)))
-                        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
-                        return
-                    case .failed(let e):
-                        try await writer.write(Self.event(try Wire.encoder().encode(e.body)))
-                        return
+        return Response(
+            status: .ok, headers: headers,
+            body: ResponseBody { writer in
+                defer { handle.cancel() }
+                try await request.body.consumeWithInboundCloseHandler { _ in
+                    if let first = try render.opening() { try await writer.write(Self.event(first)) }
+                    var offset = 0
+                    for await event in handle.events {
+                        switch event {
+                        case .token(let d):
+                            // The last token's text goes out with finish_reason, in `end`'s chunk.
+                            if d.stop != nil || (d.text.isEmpty && !render.job.wantsLogprobs) { render.hold(d); continue }
+                            try await writer.write(Self.event(try render.chunk(d, offset: offset)))
+                            offset += d.text.unicodeScalars.count
+                        case .end(let reason, let p, let c):
+                            try await writer.write(
+                                Self.event(try render.closing(reason: reason, usage: Usage(prompt: p, completion: c), offset: offset)))
+                            try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                            return
+                        case .failed(let e):
+                            try await writer.write(Self.event(try Wire.encoder().encode(e.body)))
+                            return
+                        }
                     }
+                } onInboundClosed: {
+                    handle.cancel()
                 }
-            } onInboundClosed: {
-                handle.cancel()
-            }
-            try await writer.finish(nil)
-        })
+                try await writer.finish(nil)
+            })
     }
 
     static func event(_ json: Data) -> ByteBuffer {
@@ -163,8 +168,9 @@ struct Handlers: Sendable {
 
     func model(_ request: Request, context: BasicRequestContext) async throws -> Response {
         guard context.parameters.get("id") == engine.modelName else {
-            throw APIError(status: 404, message: "no model '\(context.parameters.get("id") ?? "")'", type: "invalid_request_error", param: "model",
-                           code: "model_not_found")
+            throw APIError(
+                status: 404, message: "no model '\(context.parameters.get("id") ?? "")'", type: "invalid_request_error", param: "model",
+                code: "model_not_found")
         }
         return json(try Wire.encoder().encode(ModelEntry(id: engine.modelName, created: engine.created)))
     }
@@ -178,8 +184,9 @@ struct Handlers: Sendable {
     }
 
     func metrics(_ request: Request, context: BasicRequestContext) async throws -> Response {
-        Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                 body: .init(byteBuffer: ByteBuffer(string: engine.metrics.render())))
+        Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(string: engine.metrics.render())))
     }
 
     func tokenize(_ request: Request, context: BasicRequestContext) async throws -> Response {
@@ -237,7 +244,8 @@ struct Handlers: Sendable {
         }
         func path(_ c: DecodingError.Context, _ last: CodingKey? = nil) -> String {
             let keys = c.codingPath + (last.map { [$0] } ?? [])
-            return keys.map { $0.intValue.map { "[\($0)]" } ?? Wire.snake($0.stringValue) }.joined(separator: ".").replacingOccurrences(of: ".[", with: "[")
+            return keys.map { $0.intValue.map { "[\($0)]" } ?? Wire.snake($0.stringValue) }.joined(separator: ".").replacingOccurrences(
+                of: ".[", with: "[")
         }
         switch e {
         case .keyNotFound(let key, let c):

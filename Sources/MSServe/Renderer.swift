@@ -31,9 +31,12 @@ final class Renderer: @unchecked Sendable {
                 completion.tokenLogprobs.append(finite(d.logprob))
                 completion.topLogprobs.append(Dictionary(d.top.map { (render.piece($0.id), finite($0.logprob)) }, uniquingKeysWith: max))
                 completion.textOffset.append((offset ?? 0) + text.unicodeScalars.count)
-                chat.content.append(ChatTokenLogprob(
-                    token: token, logprob: finite(d.logprob), bytes: bytes,
-                    topLogprobs: d.top.map { ChatTopLogprob(token: render.piece($0.id), logprob: finite($0.logprob), bytes: render.tokenizer.tokenBytes($0.id)) }))
+                chat.content.append(
+                    ChatTokenLogprob(
+                        token: token, logprob: finite(d.logprob), bytes: bytes,
+                        topLogprobs: d.top.map {
+                            ChatTopLogprob(token: render.piece($0.id), logprob: finite($0.logprob), bytes: render.tokenizer.tokenBytes($0.id))
+                        }))
             }
             text += d.text
         }
@@ -46,15 +49,20 @@ final class Renderer: @unchecked Sendable {
     func whole(_ c: Collected, reason: StopReason, usage: Usage) throws -> Data {
         let finish = Wire.finishReason(reason)
         if job.chat {
-            return try Wire.encoder().encode(ChatResponse(
-                id: job.id, created: job.created, model: model,
-                choices: [ChatChoice(index: 0, message: ChatMessageOut(content: c.text), logprobs: job.wantsLogprobs ? c.chat : nil, finishReason: finish)],
-                usage: usage, seed: job.options.sampler.seed))
+            return try Wire.encoder().encode(
+                ChatResponse(
+                    id: job.id, created: job.created, model: model,
+                    choices: [
+                        ChatChoice(
+                            index: 0, message: ChatMessageOut(content: c.text), logprobs: job.wantsLogprobs ? c.chat : nil, finishReason: finish)
+                    ],
+                    usage: usage, seed: job.options.sampler.seed))
         }
-        return try Wire.encoder().encode(CompletionResponse(
-            id: job.id, created: job.created, model: model,
-            choices: [CompletionChoice(index: 0, text: c.text, logprobs: job.wantsLogprobs ? c.completion : nil, finishReason: finish)],
-            usage: usage, seed: job.options.sampler.seed))
+        return try Wire.encoder().encode(
+            CompletionResponse(
+                id: job.id, created: job.created, model: model,
+                choices: [CompletionChoice(index: 0, text: c.text, logprobs: job.wantsLogprobs ? c.completion : nil, finishReason: finish)],
+                usage: usage, seed: job.options.sampler.seed))
     }
 
     // MARK: Stream chunks
@@ -85,15 +93,19 @@ final class Renderer: @unchecked Sendable {
         let seed = job.options.sampler.seed
         if job.chat {
             let delta = ChatDelta(role: role, content: role != nil ? "" : (c.text.isEmpty && finish != nil ? nil : c.text))
-            return try Wire.encoder().encode(ChatChunk(
-                id: job.id, created: job.created, model: model,
-                choices: [ChatChunkChoice(index: 0, delta: delta, logprobs: job.wantsLogprobs && role == nil ? c.chat : nil, finishReason: finish)],
-                usage: usage, seed: seed))
+            return try Wire.encoder().encode(
+                ChatChunk(
+                    id: job.id, created: job.created, model: model,
+                    choices: [
+                        ChatChunkChoice(index: 0, delta: delta, logprobs: job.wantsLogprobs && role == nil ? c.chat : nil, finishReason: finish)
+                    ],
+                    usage: usage, seed: seed))
         }
-        return try Wire.encoder().encode(CompletionResponse(
-            id: job.id, created: job.created, model: model,
-            choices: [CompletionChoice(index: 0, text: c.text, logprobs: job.wantsLogprobs ? c.completion : nil, finishReason: finish)],
-            usage: usage, seed: seed))
+        return try Wire.encoder().encode(
+            CompletionResponse(
+                id: job.id, created: job.created, model: model,
+                choices: [CompletionChoice(index: 0, text: c.text, logprobs: job.wantsLogprobs ? c.completion : nil, finishReason: finish)],
+                usage: usage, seed: seed))
     }
 }
 

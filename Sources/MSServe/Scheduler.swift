@@ -105,8 +105,9 @@ final class Scheduler: @unchecked Sendable {
         } catch {
             throw APIError.badRequest("\(error)", param: "prompt", code: "context_length_exceeded")
         }
-        let decoding = Decoding(prompt: prompt, options: options, tokenizer: tokenizer, eos: eos,
-                                context: model.config.context, canDecodePastContext: model.canDecodePastContext)
+        let decoding = Decoding(
+            prompt: prompt, options: options, tokenizer: tokenizer, eos: eos,
+            context: model.config.context, canDecodePastContext: model.canDecodePastContext)
         let (events, output) = AsyncStream<SequenceEvent>.makeStream(bufferingPolicy: .bufferingOldest(limits.outputBuffer))
         let sequence = Sequence(prompt: prompt, decoding: decoding, output: output)
         // A request whose consumer stops listening (its task ends) cancels too.

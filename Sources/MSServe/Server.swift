@@ -101,8 +101,10 @@ func makeApplication(_ engine: Engine, logger: Logger? = nil, onListening: @esca
 /// Serves `generator` until SIGTERM or SIGINT: then stops accepting connections, lets the
 /// running streams finish (cancelling those still running after `drainSeconds`) and
 /// returns.
-public func serve(_ generator: Generator, modelName: String, options: ServeOptions,
-                  onListening: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
+public func serve(
+    _ generator: Generator, modelName: String, options: ServeOptions,
+    onListening: @escaping @Sendable (Int) -> Void = { _ in }
+) async throws {
     let engine = Engine(generator: generator, modelName: modelName, options: options)
     let app = makeApplication(engine, onListening: onListening)
     let service = DrainingService(app: app, scheduler: engine.scheduler, drainSeconds: options.drainSeconds)

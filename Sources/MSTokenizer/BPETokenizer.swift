@@ -66,7 +66,9 @@ public struct BPETokenizer: Sendable {
 
         // The model's vocabulary, keyed by each string's exact UTF-8.
         guard let vocabMembers = model["vocab"]?.members else { throw MSGenError("tokenizer.json has no model.vocab object") }
-        try check(vocabMembers.count <= maxTokenId, "tokenizer.json: the vocabulary has \(vocabMembers.count) entries, more than the \(maxTokenId) msgen reads")
+        try check(
+            vocabMembers.count <= maxTokenId,
+            "tokenizer.json: the vocabulary has \(vocabMembers.count) entries, more than the \(maxTokenId) msgen reads")
         var vocab: [[UInt8]: Int] = [:]
         vocab.reserveCapacity(vocabMembers.count)
         var maxId = -1
@@ -90,11 +92,12 @@ public struct BPETokenizer: Sendable {
                 throw MSGenError("tokenizer.json: added token \(debugQuoted(content)) has no valid id")
             }
             let special = entry["special"]?.bool ?? false
-            added.append(AddedToken(
-                content: bytes, id: id, special: special,
-                singleWord: entry["single_word"]?.bool ?? false,
-                lstrip: entry["lstrip"]?.bool ?? false, rstrip: entry["rstrip"]?.bool ?? false,
-                normalized: entry["normalized"]?.bool ?? !special, string: content))
+            added.append(
+                AddedToken(
+                    content: bytes, id: id, special: special,
+                    singleWord: entry["single_word"]?.bool ?? false,
+                    lstrip: entry["lstrip"]?.bool ?? false, rstrip: entry["rstrip"]?.bool ?? false,
+                    normalized: entry["normalized"]?.bool ?? !special, string: content))
             maxId = max(maxId, id)
         }
 
@@ -146,7 +149,9 @@ public struct BPETokenizer: Sendable {
         }
 
         guard let mergeList = model["merges"]?.array else { throw MSGenError("tokenizer.json has no model.merges list") }
-        try check(mergeList.count <= Self.maxMerges, "tokenizer.json: model.merges has \(mergeList.count) rules, more than the \(Self.maxMerges) msgen reads")
+        try check(
+            mergeList.count <= Self.maxMerges,
+            "tokenizer.json: model.merges has \(mergeList.count) rules, more than the \(Self.maxMerges) msgen reads")
         var merges = MergeTable(capacity: mergeList.count)
         var rank: UInt32 = 0
         for item in mergeList {
@@ -346,7 +351,8 @@ private struct PieceCache {
 
     func ids(of piece: UnsafeBufferPointer<UInt8>) -> ArraySlice<Int>? {
         guard piece.count <= Self.maxPieceLength, let e = entryOfHash[Self.hash(piece)],
-              bytes[entries[e].bytes].elementsEqual(piece) else { return nil }
+            bytes[entries[e].bytes].elementsEqual(piece)
+        else { return nil }
         return ids[entries[e].ids]
     }
 
@@ -402,13 +408,17 @@ private struct MergeHeap {
 // MARK: - tokenizer.json checks
 
 private func unsupported(_ what: String) -> MSGenError {
-    MSGenError("tokenizer.json has \(what); msgen supports only byte-level BPE tokenizers (model type \"BPE\" with a ByteLevel pre-tokenizer and decoder, no normalizer), like GPT-2's")
+    MSGenError(
+        "tokenizer.json has \(what); msgen supports only byte-level BPE tokenizers (model type \"BPE\" with a ByteLevel pre-tokenizer and decoder, no normalizer), like GPT-2's"
+    )
 }
 
 /// The component `key` of the root object, checked to be of the `allowed` type, or
 /// absent when optional (an empty "Sequence" counts as absent).
-private func component(_ root: RawJSON, _ key: String, _ name: String, allowed: String?,
-                       optional: Bool) throws -> RawJSON? {
+private func component(
+    _ root: RawJSON, _ key: String, _ name: String, allowed: String?,
+    optional: Bool
+) throws -> RawJSON? {
     guard let value = root[key], !value.isNull else {
         if optional { return nil }
         throw unsupported("no \(name)")

@@ -59,7 +59,7 @@ enum RawJSON {
         mutating func expect(_ literal: StaticString) throws {
             let n = literal.utf8CodeUnitCount
             guard at + n <= bytes.count,
-                  UnsafeBufferPointer(start: literal.utf8Start, count: n).elementsEqual(bytes[at..<(at + n)])
+                UnsafeBufferPointer(start: literal.utf8Start, count: n).elementsEqual(bytes[at..<(at + n)])
             else { throw failure("unexpected character") }
             at += n
         }
@@ -114,7 +114,8 @@ enum RawJSON {
             scan: while at < bytes.count {
                 switch bytes[at] {
                 case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "+"),
-                     UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E"): at += 1
+                    UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E"):
+                    at += 1
                 default: break scan
                 }
             }

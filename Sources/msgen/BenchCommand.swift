@@ -10,11 +10,11 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Measure prefill and decode speed (no tokenizer, no sampling), like llama-bench.",
         discussion: """
-        For each --context depth: prefill tokens/s of min(depth, model context) tokens in one \
-        batched pass, and decode time per token with that many tokens already in the cache \
-        (depths past the context are reached by decoding). Medians of --repetitions runs, \
-        with min and max.
-        """
+            For each --context depth: prefill tokens/s of min(depth, model context) tokens in one \
+            batched pass, and decode time per token with that many tokens already in the cache \
+            (depths past the context are reached by decoding). Medians of --repetitions runs, \
+            with min and max.
+            """
     )
 
     @OptionGroup var common: ModelOptions
@@ -71,9 +71,11 @@ struct BenchCommand: ParsableCommand {
                 guard !report.decodes.contains(where: { $0.depth == reached }) else { continue }
                 report.decodes.append(try bench.decode(depth: reached))
                 if !json, let d = report.decodes.last, let p = report.prefills.last {
-                    Terminal.note(String(format: "depth %5d: prefill %d tokens %.0f tokens/s, decode %.3f ms/token (%.0f tokens/s)",
-                                         d.depth, p.tokens, Double(p.tokens) / p.seconds.median,
-                                         d.secondsPerToken.median * 1e3, 1 / d.secondsPerToken.median))
+                    Terminal.note(
+                        String(
+                            format: "depth %5d: prefill %d tokens %.0f tokens/s, decode %.3f ms/token (%.0f tokens/s)",
+                            d.depth, p.tokens, Double(p.tokens) / p.seconds.median,
+                            d.secondsPerToken.median * 1e3, 1 / d.secondsPerToken.median))
                 }
             }
         } catch is CancellationError {
@@ -106,15 +108,21 @@ struct BenchCommand: ParsableCommand {
                 "weight_bytes": .number(Double(weights.residentBytes)), "weight_bytes_per_token": .number(Double(weights.bytesPerToken)),
                 "cpu_kernels": .string("\(Kernels.level)"),
                 "peak_rss_bytes": .number(Double(rss)),
-                "prefill": .array(prefills.map { p in
-                    .object(["tokens": .number(Double(p.tokens)), "seconds": stat(p.seconds),
-                             "tokens_per_second": .number(Double(p.tokens) / p.seconds.median)])
-                }),
-                "decode": .array(decodes.map { d in
-                    .object(["depth": .number(Double(d.depth)), "seconds_per_token": stat(d.secondsPerToken),
-                             "tokens_per_second": .number(1 / d.secondsPerToken.median),
-                             "cache_bytes": .number(Double(d.cacheBytes)), "weight_gb_per_second": .number(weightBandwidth(d))])
-                }),
+                "prefill": .array(
+                    prefills.map { p in
+                        .object([
+                            "tokens": .number(Double(p.tokens)), "seconds": stat(p.seconds),
+                            "tokens_per_second": .number(Double(p.tokens) / p.seconds.median),
+                        ])
+                    }),
+                "decode": .array(
+                    decodes.map { d in
+                        .object([
+                            "depth": .number(Double(d.depth)), "seconds_per_token": stat(d.secondsPerToken),
+                            "tokens_per_second": .number(1 / d.secondsPerToken.median),
+                            "cache_bytes": .number(Double(d.cacheBytes)), "weight_gb_per_second": .number(weightBandwidth(d)),
+                        ])
+                    }),
             ]
             if let readBandwidth { o["read_bandwidth_gb_per_second"] = .number(readBandwidth) }
             if interrupted { o["interrupted"] = .bool(true) }
@@ -124,20 +132,25 @@ struct BenchCommand: ParsableCommand {
         func text() -> String {
             var lines = [
                 "model \(path): \(model.config.architecture), context \(model.config.context), \(Kernels.threads) threads",
-                String(format: "load %.3f s; weights %@ in memory (%@ matrices, f32 vectors), %@ read per token; %@ kernels; peak RSS %@",
-                       loadSeconds, humanBytes(weights.residentBytes), weights.dtype, humanBytes(weights.bytesPerToken),
-                       "\(Kernels.level)", humanBytes(rss)),
+                String(
+                    format: "load %.3f s; weights %@ in memory (%@ matrices, f32 vectors), %@ read per token; %@ kernels; peak RSS %@",
+                    loadSeconds, humanBytes(weights.residentBytes), weights.dtype, humanBytes(weights.bytesPerToken),
+                    "\(Kernels.level)", humanBytes(rss)),
                 "  prefill tokens   tokens/s (median, min-max)",
             ]
             for p in prefills {
-                lines.append(String(format: "  %14d   %8.0f (%.0f-%.0f)", p.tokens, Double(p.tokens) / p.seconds.median,
-                                    Double(p.tokens) / p.seconds.max, Double(p.tokens) / p.seconds.min))
+                lines.append(
+                    String(
+                        format: "  %14d   %8.0f (%.0f-%.0f)", p.tokens, Double(p.tokens) / p.seconds.median,
+                        Double(p.tokens) / p.seconds.max, Double(p.tokens) / p.seconds.min))
             }
             lines.append("  decode depth   ms/token (median, min-max)   tokens/s   weights GB/s   cache")
             for d in decodes {
                 let s = d.secondsPerToken
-                lines.append(String(format: "  %12d   %8.3f (%.3f-%.3f)   %8.0f   %12.1f   %@", d.depth, s.median * 1e3, s.min * 1e3, s.max * 1e3,
-                                    1 / s.median, weightBandwidth(d), humanBytes(d.cacheBytes)))
+                lines.append(
+                    String(
+                        format: "  %12d   %8.3f (%.3f-%.3f)   %8.0f   %12.1f   %@", d.depth, s.median * 1e3, s.min * 1e3, s.max * 1e3,
+                        1 / s.median, weightBandwidth(d), humanBytes(d.cacheBytes)))
             }
             if let readBandwidth { lines.append(String(format: "memory read bandwidth %.1f GB/s (%d threads)", readBandwidth, Kernels.threads)) }
             if interrupted { lines.append("(interrupted)") }

@@ -9,13 +9,13 @@ struct Classify: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Classify texts with an MS-Trans encoder.",
         discussion: """
-        Each TEXT argument is one input; with no TEXT, or "-", every non-empty line of \
-        standard input is one. Plain output is one line per input: the label, its \
-        probability (4 decimals) and the text, tab-separated (with --top K, K label/probability pairs \
-        before the text). --json prints one object per input: {"label": …, "probs": \
-        {label: p, …}}, with "top": [the K best labels] when K > 1 and "truncated": true when the text was longer than the model's \
-        max_length and only its beginning was used (a note on stderr says so too).
-        """
+            Each TEXT argument is one input; with no TEXT, or "-", every non-empty line of \
+            standard input is one. Plain output is one line per input: the label, its \
+            probability (4 decimals) and the text, tab-separated (with --top K, K label/probability pairs \
+            before the text). --json prints one object per input: {"label": …, "probs": \
+            {label: p, …}}, with "top": [the K best labels] when K > 1 and "truncated": true when the text was longer than the model's \
+            max_length and only its beginning was used (a note on stderr says so too).
+            """
     )
 
     @Argument(help: "Texts to classify; none or \"-\" reads one per line from standard input.")
@@ -50,7 +50,9 @@ struct Classify: ParsableCommand {
             try check(!ids.isEmpty, "input \(index + 1) gives no tokens; there is nothing to classify")
             let result = try classifier.classify(ids)
             if result.truncated {
-                Terminal.note("note: input \(index + 1) truncated from \(ids.count) to \(result.tokens) tokens (max_length \(classifier.maxTextTokens + 1) with [CLS])")
+                Terminal.note(
+                    "note: input \(index + 1) truncated from \(ids.count) to \(result.tokens) tokens (max_length \(classifier.maxTextTokens + 1) with [CLS])"
+                )
             }
             // Best first; equal probabilities keep the labels' order.
             let ranked = result.probs.indices.sorted { (result.probs[$0], $1) > (result.probs[$1], $0) }

@@ -8,15 +8,15 @@ struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Convert a training checkpoint into one .msz model file.",
         discussion: """
-        CHECKPOINT is a directory holding config.json, model.safetensors (or its shards with \
-        model.safetensors.index.json, or one PyTorch .pt/.bin/.pth file) and tokenizer.json \
-        (or GPT-2's vocab.json + merges.txt), or a weights file with --config and \
-        --tokenizer, or an .msz model to store again in another --dtype. Every tensor is \
-        checked against the config, and the tokenizer by building it, before anything is \
-        written; weights that are NaN or infinite are refused. The output appears only when \
-        it is complete, and never replaces an input, a read-only file or anything that is \
-        not a regular file.
-        """
+            CHECKPOINT is a directory holding config.json, model.safetensors (or its shards with \
+            model.safetensors.index.json, or one PyTorch .pt/.bin/.pth file) and tokenizer.json \
+            (or GPT-2's vocab.json + merges.txt), or a weights file with --config and \
+            --tokenizer, or an .msz model to store again in another --dtype. Every tensor is \
+            checked against the config, and the tokenizer by building it, before anything is \
+            written; weights that are NaN or infinite are refused. The output appears only when \
+            it is complete, and never replaces an input, a read-only file or anything that is \
+            not a regular file.
+            """
     )
 
     @Argument(help: "Checkpoint directory, weights file (.safetensors, .pt, .bin, *.index.json) or .msz model.")
@@ -25,7 +25,10 @@ struct Convert: ParsableCommand {
     @Option(name: .shortAndLong, help: "The .msz file to write.")
     var output: String
 
-    @Option(help: "Stored dtype: f32, f16, bf16 or q8 (default: the checkpoint's own). q8 keeps vectors and tensors whose rows are not multiples of 32 in f32.")
+    @Option(
+        help:
+            "Stored dtype: f32, f16, bf16 or q8 (default: the checkpoint's own). q8 keeps vectors and tensors whose rows are not multiples of 32 in f32."
+    )
     var dtype: String?
 
     @Option(help: "config.json to use (default: the one beside the weights).")
@@ -67,13 +70,16 @@ struct Convert: ParsableCommand {
             try checkFinite(t.name, stored, what: "once stored as \(stored.dtype) (values beyond its range; try --dtype bf16 or f32)")
             return (t.name, stored)
         }
-        try MSZWriter.write(path: output, architecture: ckpt.configJSON["architecture"]?.stringValue ?? "", config: ckpt.configJSON,
-                            tokenizer: ckpt.tokenizerJSON, tensors: tensors, provenance: provenance(ckpt), level: level,
-                            progress: { Terminal.progress("converting", $0, $1) })
+        try MSZWriter.write(
+            path: output, architecture: ckpt.configJSON["architecture"]?.stringValue ?? "", config: ckpt.configJSON,
+            tokenizer: ckpt.tokenizerJSON, tensors: tensors, provenance: provenance(ckpt), level: level,
+            progress: { Terminal.progress("converting", $0, $1) })
         let raw = tensors.reduce(0) { $0 + $1.tensor.byteCount }
         let size = (try? FileManager.default.attributesOfItem(atPath: output)[.size] as? Int) ?? 0
-        Terminal.note(String(format: "wrote %@: %d tensors, %@ (raw %@, %.2fx) in %.1f s", output, tensors.count,
-                             humanBytes(size), humanBytes(raw), Double(raw) / Double(max(size, 1)), Date().timeIntervalSince(start)))
+        Terminal.note(
+            String(
+                format: "wrote %@: %d tensors, %@ (raw %@, %.2fx) in %.1f s", output, tensors.count,
+                humanBytes(size), humanBytes(raw), Double(raw) / Double(max(size, 1)), Date().timeIntervalSince(start)))
     }
 
     /// The tokenizer must be one the runtime can build: checked now, not at the first
@@ -88,7 +94,9 @@ struct Convert: ParsableCommand {
     /// NaN or infinite weights make every output NaN: refused unless --allow-nonfinite.
     private func checkFinite(_ name: String, _ t: Tensor, what: String) throws {
         guard !allowNonfinite, let bad = t.nonFinite() else { return }
-        throw MSGenError("tensor \(name) has \(bad.count) NaN or infinite value\(bad.count == 1 ? "" : "s") (the first at element \(bad.first)) \(what); pass --allow-nonfinite to convert it anyway")
+        throw MSGenError(
+            "tensor \(name) has \(bad.count) NaN or infinite value\(bad.count == 1 ? "" : "s") (the first at element \(bad.first)) \(what); pass --allow-nonfinite to convert it anyway"
+        )
     }
 
     /// Where the file came from. An .msz input keeps its own provenance and records the

@@ -9,13 +9,13 @@ struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stream a continuation of each prompt.",
         discussion: """
-        Each PROMPT argument or -p is its own prompt, then each -f file's text. With none, \
-        or "-", the prompt is read from standard input. A file or standard input loses one \
-        trailing newline; with --lines every non-blank line of it is its own prompt. Several \
-        prompts give several output blocks, each ending with a newline and separated by an \
-        empty line. Text is written as it is generated; the seed and timings go to stderr. \
-        Sampling order: repeat penalty, top-k, top-p, min-p, temperature (0 = greedy).
-        """
+            Each PROMPT argument or -p is its own prompt, then each -f file's text. With none, \
+            or "-", the prompt is read from standard input. A file or standard input loses one \
+            trailing newline; with --lines every non-blank line of it is its own prompt. Several \
+            prompts give several output blocks, each ending with a newline and separated by an \
+            empty line. Text is written as it is generated; the seed and timings go to stderr. \
+            Sampling order: repeat penalty, top-k, top-p, min-p, temperature (0 = greedy).
+            """
     )
 
     @Argument(help: "Prompts; none or \"-\" reads standard input.")
@@ -51,20 +51,26 @@ struct Generate: ParsableCommand {
     var repeatLastN = 64
 
     // Unconditional: "-1" (llama.cpp's "random") would otherwise read as an option.
-    @Option(name: [.customShort("s"), .long], parsing: .unconditional,
-            help: "Random seed; -1 or none picks a random one (printed on stderr).", transform: Seed.parse)
+    @Option(
+        name: [.customShort("s"), .long], parsing: .unconditional,
+        help: "Random seed; -1 or none picks a random one (printed on stderr).", transform: Seed.parse)
     var seed: Seed?
 
     @Option(name: [.customShort("r"), .long], help: "Stop when this text appears (not printed); repeatable.")
     var stop: [String] = []
 
-    @Flag(name: [.customShort("e"), .long], help: "Turn \\n, \\t, \\r, \\\\, \\\" and \\' in prompts and --stop strings into the characters (as llama.cpp's -e).")
+    @Flag(
+        name: [.customShort("e"), .long],
+        help: "Turn \\n, \\t, \\r, \\\\, \\\" and \\' in prompts and --stop strings into the characters (as llama.cpp's -e).")
     var escape = false
 
     @Flag(help: "Each line of standard input (or of a -f file) is its own prompt.")
     var lines = false
 
-    @Flag(help: "Print JSON Lines events: one per token with its own text (--stop cuts only the plain output), then one with the stop reason and timings.")
+    @Flag(
+        help:
+            "Print JSON Lines events: one per token with its own text (--stop cuts only the plain output), then one with the stop reason and timings."
+    )
     var json = false
 
     @Option(help: "With --json, each token event has its logprob and the N most likely tokens with theirs (\"top\").")
@@ -121,9 +127,11 @@ struct Generate: ParsableCommand {
                 case .done(let s):
                     reason = s.stopReason
                     if json { Output.write(JSONLine.done(prompt: index, s)) } else { Output.write(s.heldBackText + "\n") }
-                    Terminal.note(String(format: "prompt %d tokens in %.3f s; generated %d tokens in %.3f s (%.1f tokens/s); stop: %@",
-                                         s.promptTokens, s.prefillSeconds, s.generatedTokens, s.decodeSeconds,
-                                         Double(s.generatedTokens) / max(s.decodeSeconds, 1e-9), s.stopReason.rawValue))
+                    Terminal.note(
+                        String(
+                            format: "prompt %d tokens in %.3f s; generated %d tokens in %.3f s (%.1f tokens/s); stop: %@",
+                            s.promptTokens, s.prefillSeconds, s.generatedTokens, s.decodeSeconds,
+                            Double(s.generatedTokens) / max(s.decodeSeconds, 1e-9), s.stopReason.rawValue))
                 }
             }
             if reason == .cancelled { throw ExitCode(130) }
@@ -134,8 +142,9 @@ struct Generate: ParsableCommand {
     /// input), then each -f file; standard input when there is none at all.
     func readPrompts() throws -> [String] {
         let literal = prompts + prompt
-        try check(!lines || literal.allSatisfy { $0 == "-" },
-                  "--lines splits standard input or -f files into prompts; do not also give PROMPT arguments or -p")
+        try check(
+            !lines || literal.allSatisfy { $0 == "-" },
+            "--lines splits standard input or -f files into prompts; do not also give PROMPT arguments or -p")
         var out: [String] = []
         for p in literal { out += p == "-" ? try prompts(from: "-") : [escaped(p)] }
         for f in file { out += try prompts(from: f) }
@@ -195,14 +204,19 @@ enum JSONLine {
     /// A token event: the token's own text (never held back for a --stop string), and
     /// with --logprobs its log-probability and the most likely tokens.
     static func token(prompt: Int, _ d: Decoded, tokenizer: BPETokenizer) -> String {
-        var o: [String: JSONValue] = ["event": .string("token"), "prompt": .number(Double(prompt)), "id": .number(Double(d.id)),
-                                      "text": .string(d.piece)]
+        var o: [String: JSONValue] = [
+            "event": .string("token"), "prompt": .number(Double(prompt)), "id": .number(Double(d.id)),
+            "text": .string(d.piece),
+        ]
         if !d.top.isEmpty {
             o["logprob"] = number(d.logprob)
-            o["top"] = .array(d.top.map { t in
-                .object(["id": .number(Double(t.id)), "text": .string(String(decoding: tokenizer.tokenBytes(t.id), as: UTF8.self)),
-                         "logprob": number(t.logprob)])
-            })
+            o["top"] = .array(
+                d.top.map { t in
+                    .object([
+                        "id": .number(Double(t.id)), "text": .string(String(decoding: tokenizer.tokenBytes(t.id), as: UTF8.self)),
+                        "logprob": number(t.logprob),
+                    ])
+                })
         }
         return encode(o)
     }
@@ -211,11 +225,13 @@ enum JSONLine {
     static func number(_ x: Float) -> JSONValue { .number(Double("\(x)") ?? Double(x)) }
 
     static func done(prompt: Int, _ s: GenerationSummary) -> String {
-        encode(["event": .string("done"), "prompt": .number(Double(prompt)), "stop_reason": .string(s.stopReason.rawValue),
-                "prompt_tokens": .number(Double(s.promptTokens)), "generated_tokens": .number(Double(s.generatedTokens)),
-                "prefill_seconds": .number(s.prefillSeconds), "decode_seconds": .number(s.decodeSeconds),
-                "tokens_per_second": .number(Double(s.generatedTokens) / max(s.decodeSeconds, 1e-9)),
-                "seed": .number(Double(s.seed)), "cache_bytes": .number(Double(s.cacheBytes))])
+        encode([
+            "event": .string("done"), "prompt": .number(Double(prompt)), "stop_reason": .string(s.stopReason.rawValue),
+            "prompt_tokens": .number(Double(s.promptTokens)), "generated_tokens": .number(Double(s.generatedTokens)),
+            "prefill_seconds": .number(s.prefillSeconds), "decode_seconds": .number(s.decodeSeconds),
+            "tokens_per_second": .number(Double(s.generatedTokens) / max(s.decodeSeconds, 1e-9)),
+            "seed": .number(Double(s.seed)), "cache_bytes": .number(Double(s.cacheBytes)),
+        ])
     }
 
     static func encode(_ o: [String: JSONValue]) -> String { JSONValue.object(o).compactText + "\n" }

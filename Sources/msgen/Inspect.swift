@@ -38,23 +38,29 @@ struct Inspect: ParsableCommand {
                 "file_bytes": .number(Double(file.fileSize)), "stored_bytes": .number(Double(stored)),
                 "raw_bytes": .number(Double(raw)), "parameters": .number(Double(params)),
                 "provenance": .object(file.provenance), "tokenizer": tok.json,
-                "tensors": .array(file.tensors.map { t in
-                    .object(["name": .string(t.name), "dtype": .string(t.dtype.rawValue),
-                             "shape": .array(t.shape.map { .number(Double($0)) }),
-                             "stored_bytes": .number(Double(t.storedBytes)), "raw_bytes": .number(Double(t.rawBytes))])
-                }),
+                "tensors": .array(
+                    file.tensors.map { t in
+                        .object([
+                            "name": .string(t.name), "dtype": .string(t.dtype.rawValue),
+                            "shape": .array(t.shape.map { .number(Double($0)) }),
+                            "stored_bytes": .number(Double(t.storedBytes)), "raw_bytes": .number(Double(t.rawBytes)),
+                        ])
+                    }),
             ]
             if let weights {
                 o["verified"] = .bool(true); o["load_seconds"] = .number(loadSeconds)
-                o["resident_bytes"] = .object(Dictionary(uniqueKeysWithValues: weights.matrixBytes.filter { $0.value > 0 }.map { ($0.key.rawValue, .number(Double($0.value))) })
-                    .merging(["f32 vectors": .number(Double(weights.vectorBytes))]) { a, _ in a })
+                o["resident_bytes"] = .object(
+                    Dictionary(uniqueKeysWithValues: weights.matrixBytes.filter { $0.value > 0 }.map { ($0.key.rawValue, .number(Double($0.value))) })
+                        .merging(["f32 vectors": .number(Double(weights.vectorBytes))]) { a, _ in a })
             }
             say(JSONValue.object(o).compactText)
             return
         }
         say("\(model): \(file.architecture), \(params.formatted()) parameters in \(file.tensors.count) tensors")
-        say(String(format: "  %@ on disk, %@ of tensor data, compression %.2fx", humanBytes(file.fileSize), humanBytes(raw),
-                     Double(raw) / Double(max(stored, 1))))
+        say(
+            String(
+                format: "  %@ on disk, %@ of tensor data, compression %.2fx", humanBytes(file.fileSize), humanBytes(raw),
+                Double(raw) / Double(max(stored, 1))))
         say("config:")
         for (k, v) in (file.config.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) { say("  \(k): \(v.compactText)") }
         say("  (\(summary))")
@@ -66,13 +72,18 @@ struct Inspect: ParsableCommand {
         for t in file.tensors {
             let name = t.name.padding(toLength: w, withPad: " ", startingAt: 0)
             let shape = shapeString(t.shape).padding(toLength: 14, withPad: " ", startingAt: 0)
-            say(String(format: "  %@  %-4@  %@  %10@  raw %10@  %.2fx", name, t.dtype.rawValue, shape,
-                         humanBytes(t.storedBytes), humanBytes(t.rawBytes), Double(t.rawBytes) / Double(t.storedBytes)))
+            say(
+                String(
+                    format: "  %@  %-4@  %@  %10@  raw %10@  %.2fx", name, t.dtype.rawValue, shape,
+                    humanBytes(t.storedBytes), humanBytes(t.rawBytes), Double(t.rawBytes) / Double(t.storedBytes)))
         }
         if let weights {
-            say(String(format: "verified: all %d tensors decompress and match their checksums (%@ in %.3f s, %.2f GB/s)",
-                         file.tensors.count, humanBytes(raw), loadSeconds, Double(raw) / loadSeconds / 1e9))
-            let parts = weights.matrixBytes.filter { $0.value > 0 }.sorted { $0.key.rawValue < $1.key.rawValue }
+            say(
+                String(
+                    format: "verified: all %d tensors decompress and match their checksums (%@ in %.3f s, %.2f GB/s)",
+                    file.tensors.count, humanBytes(raw), loadSeconds, Double(raw) / loadSeconds / 1e9))
+            let parts =
+                weights.matrixBytes.filter { $0.value > 0 }.sorted { $0.key.rawValue < $1.key.rawValue }
                 .map { "\(humanBytes($0.value)) \($0.key.rawValue) matrices" } + ["\(humanBytes(weights.vectorBytes)) f32 vectors"]
             say("in memory: \(humanBytes(weights.residentBytes)) (\(parts.joined(separator: ", ")))")
         }
@@ -89,7 +100,8 @@ struct TokenizerSummary {
 
     init(_ tokenizerJSON: String?) {
         guard let s = tokenizerJSON, let obj = try? JSONSerialization.jsonObject(with: Data(s.utf8)) as? [String: Any],
-              let model = obj["model"] as? [String: Any] else { return }
+            let model = obj["model"] as? [String: Any]
+        else { return }
         let type = model["type"] as? String ?? "?"
         let vocab = (model["vocab"] as? [String: Any])?.count ?? 0
         let merges = (model["merges"] as? [Any])?.count ?? 0
@@ -99,9 +111,12 @@ struct TokenizerSummary {
             return "\(c)=\(id)"
         }
         let pre = (obj["pre_tokenizer"] as? [String: Any])?["type"] as? String ?? "none"
-        text = "\(type), \(vocab) tokens, \(merges) merges, pre-tokenizer \(pre)"
+        text =
+            "\(type), \(vocab) tokens, \(merges) merges, pre-tokenizer \(pre)"
             + (special.isEmpty ? "" : ", special \(special.joined(separator: " "))")
-        json = .object(["type": .string(type), "vocab": .number(Double(vocab)), "merges": .number(Double(merges)),
-                        "pre_tokenizer": .string(pre), "special": .array(special.map { .string($0) })])
+        json = .object([
+            "type": .string(type), "vocab": .number(Double(vocab)), "merges": .number(Double(merges)),
+            "pre_tokenizer": .string(pre), "special": .array(special.map { .string($0) }),
+        ])
     }
 }

@@ -9,11 +9,13 @@ struct MSGenCommand: AsyncParsableCommand {
         commandName: "msgen",
         abstract: "Run multi-scale transformer language models (CST, MS-Trans) on the CPU.",
         discussion: """
-        With no subcommand, msgen generates: `msgen "In the beginning"`. A first word that \
-        looks like a mistyped subcommand is refused; `msgen -- WORDS` always generates.
-        """,
+            With no subcommand, msgen generates: `msgen "In the beginning"`. A first word that \
+            looks like a mistyped subcommand is refused; `msgen -- WORDS` always generates.
+            """,
         version: version,
-        subcommands: [Generate.self, Tokenize.self, PerplexityCommand.self, BenchCommand.self, Convert.self, Inspect.self, Classify.self, Serve.self],
+        subcommands: [
+            Generate.self, Tokenize.self, PerplexityCommand.self, BenchCommand.self, Convert.self, Inspect.self, Classify.self, Serve.self,
+        ],
         defaultSubcommand: Generate.self
     )
 

@@ -53,7 +53,8 @@ struct BundledModel {
     /// The directory of the running binary itself. argv[0] is only what the shell was
     /// given ("msgen" when found on PATH, or a symlink), so ask the kernel.
     static func executableDirectory() -> URL {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        let exe =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
             .map { URL(fileURLWithPath: $0) }
             ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         return exe.deletingLastPathComponent()

@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Standard output, flushed as it goes. A reader that goes away (`| head`, EPIPE) ends

@@ -11,13 +11,13 @@ struct PerplexityCommand: ParsableCommand {
         commandName: "perplexity",
         abstract: "Score text files: perplexity ± standard error, nll, bits per byte.",
         discussion: """
-        Each file is tokenized whole (no BOS; its first token is context only). Windows of \
-        --context tokens start every --stride tokens, and each scores, given the tokens \
-        before them in the window, the tokens no earlier window scored. --stream instead \
-        runs each file once through the model's bounded cache. With --kl-base, the KL \
-        divergence of this model's next-token distributions from the base model's is \
-        reported too (mean, 99th percentile, same top token), e.g. to judge a q8 conversion.
-        """
+            Each file is tokenized whole (no BOS; its first token is context only). Windows of \
+            --context tokens start every --stride tokens, and each scores, given the tokens \
+            before them in the window, the tokens no earlier window scored. --stream instead \
+            runs each file once through the model's bounded cache. With --kl-base, the KL \
+            divergence of this model's next-token distributions from the base model's is \
+            reported too (mean, 99th percentile, same top token), e.g. to judge a q8 conversion.
+            """
     )
 
     @Argument(help: "Text files (UTF-8); \"-\" is standard input.")
@@ -66,7 +66,8 @@ struct PerplexityCommand: ParsableCommand {
         var base: LanguageModel?
         if let klBase {
             let b = try loadLanguageModel(try MSZFile(path: klBase))
-            try check(b.config.vocabSize == lm.config.vocabSize, "--kl-base has a vocabulary of \(b.config.vocabSize), the model \(lm.config.vocabSize)")
+            try check(
+                b.config.vocabSize == lm.config.vocabSize, "--kl-base has a vocabulary of \(b.config.vocabSize), the model \(lm.config.vocabSize)")
             try check(stream || b.config.context >= C, "--kl-base's context (\(b.config.context)) is shorter than --context \(C)")
             base = b
         }
@@ -92,8 +93,10 @@ struct PerplexityCommand: ParsableCommand {
             Kernels.threads = windows > 1 ? 1 : threadCount
             let r: Scorer.Result
             do {
-                r = try scorer.score(ids, context: C, stride: S, stream: stream, base: base, threads: windows > 1 ? threadCount : 1,
-                                     isCancelled: { Interrupt.requested }) { done, all in
+                r = try scorer.score(
+                    ids, context: C, stride: S, stream: stream, base: base, threads: windows > 1 ? threadCount : 1,
+                    isCancelled: { Interrupt.requested }
+                ) { done, all in
                     guard Terminal.stderrIsTTY else { return }
                     let elapsed = Date().timeIntervalSince(started)
                     let eta = done > 0 ? elapsed / Double(done) * Double(all - done) : 0
@@ -138,11 +141,12 @@ struct PerplexityCommand: ParsableCommand {
             var o = scored.isEmpty ? [:] : fields(total)
             o["model"] = .string(path)
             o["context"] = .number(Double(C)); o["stride"] = .number(Double(S)); o["stream"] = .bool(stream)
-            o["files"] = .array(scored.map { s in
-                var f = fields(s.result)
-                f["file"] = .string(s.name)
-                return .object(f)
-            })
+            o["files"] = .array(
+                scored.map { s in
+                    var f = fields(s.result)
+                    f["file"] = .string(s.name)
+                    return .object(f)
+                })
             let errors = all.compactMap { s -> JSONValue? in
                 guard case .failure(let e) = s.outcome else { return nil }
                 return .object(["file": .string(s.name), "error": .string(e.message)])
@@ -150,15 +154,18 @@ struct PerplexityCommand: ParsableCommand {
             if !errors.isEmpty { o["errors"] = .array(errors) }
             if interrupted { o["interrupted"] = .bool(true) }
             if perToken {  // positions are per file; "file" (its index among those scored) says which when there are several
-                o["per_token"] = .array(scored.enumerated().flatMap { (i, s) in
-                    let text = tokenTexts(s.ids, tokenizer)
-                    return s.result.tokens.map { t -> JSONValue in
-                        var e: [String: JSONValue] = ["pos": .number(Double(t.pos)), "id": .number(Double(t.id)),
-                                                      "text": .string(text[t.pos]), "logprob": .number(t.logprob)]
-                        if scored.count > 1 { e["file"] = .number(Double(i)) }
-                        return .object(e)
-                    }
-                })
+                o["per_token"] = .array(
+                    scored.enumerated().flatMap { (i, s) in
+                        let text = tokenTexts(s.ids, tokenizer)
+                        return s.result.tokens.map { t -> JSONValue in
+                            var e: [String: JSONValue] = [
+                                "pos": .number(Double(t.pos)), "id": .number(Double(t.id)),
+                                "text": .string(text[t.pos]), "logprob": .number(t.logprob),
+                            ]
+                            if scored.count > 1 { e["file"] = .number(Double(i)) }
+                            return .object(e)
+                        }
+                    })
             }
             Output.write(JSONValue.object(o).compactText + "\n")
         } else {
@@ -193,9 +200,10 @@ struct PerplexityCommand: ParsableCommand {
     }
 
     func line(_ name: String, _ r: Scorer.Result) -> String {
-        var s = String(format: "%@: %d tokens, ppl %.4f ± %.4f, nll %.5f/token, %.4f bits/byte, %.2f s (%.0f tokens/s)",
-                       name, r.count, r.ppl, r.pplError, r.nll / Double(max(r.count, 1)), r.bitsPerByte, r.seconds,
-                       Double(r.count) / max(r.seconds, 1e-9))
+        var s = String(
+            format: "%@: %d tokens, ppl %.4f ± %.4f, nll %.5f/token, %.4f bits/byte, %.2f s (%.0f tokens/s)",
+            name, r.count, r.ppl, r.pplError, r.nll / Double(max(r.count, 1)), r.bitsPerByte, r.seconds,
+            Double(r.count) / max(r.seconds, 1e-9))
         if let kl = fields(r)["kl_mean"]?.doubleValue, let p99 = fields(r)["kl_p99"]?.doubleValue {
             s += String(format: "; KL %.6f (p99 %.6f), same top token %.2f%%", kl, p99, 100 * Double(r.sameTop) / Double(r.kl.count))
         }

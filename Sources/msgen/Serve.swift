@@ -7,11 +7,11 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve the model over an OpenAI-compatible HTTP API.",
         discussion: """
-        Routes: POST /v1/completions, POST /v1/chat/completions (plain or stream: true), \
-        GET /v1/models, /health, /metrics, POST /tokenize, /detokenize. Many requests are \
-        decoded at once, one token each per step. SIGTERM or Ctrl-C stops accepting \
-        connections, lets running streams finish (for up to 20 s) and exits 0.
-        """
+            Routes: POST /v1/completions, POST /v1/chat/completions (plain or stream: true), \
+            GET /v1/models, /health, /metrics, POST /tokenize, /detokenize. Many requests are \
+            decoded at once, one token each per step. SIGTERM or Ctrl-C stops accepting \
+            connections, lets running streams finish (for up to 20 s) and exits 0.
+            """
     )
 
     @OptionGroup var common: ModelOptions

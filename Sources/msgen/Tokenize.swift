@@ -23,8 +23,11 @@ struct Tokenize: ParsableCommand {
         // A piece may be part of a UTF-8 character; shown with U+FFFD for the missing part.
         let pieces = ids.map { String(decoding: tokenizer.tokenBytes($0), as: UTF8.self) }
         if json {
-            Output.write(JSONValue.object(["ids": .array(ids.map { .number(Double($0)) }),
-                                           "pieces": .array(pieces.map { .string($0) })]).compactText + "\n")
+            Output.write(
+                JSONValue.object([
+                    "ids": .array(ids.map { .number(Double($0)) }),
+                    "pieces": .array(pieces.map { .string($0) }),
+                ]).compactText + "\n")
         } else {
             for (id, piece) in zip(ids, pieces) { Output.write(String(format: "%6d  ", id) + JSONValue.string(piece).compactText + "\n") }
         }

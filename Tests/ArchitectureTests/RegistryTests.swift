@@ -1,9 +1,10 @@
 import Foundation
-import Testing
 import MSFormat
 import MSGen
 import MSModels
 import MSTokenizer
+import Testing
+
 @testable import msgen
 
 /// A toy architecture registered from outside MSModels goes through `msgen convert` and
@@ -23,12 +24,15 @@ struct RegistryTests {
     func checkpoint(in dir: URL, extra: [String: Tensor] = [:]) throws {
         let config: [String: Any] = ["architecture": "bigram-decoder", "vocab_size": V, "d_model": D, "n_heads": 1, "d_ff": 1, "max_positions": 64]
         try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("config.json"))
-        var tensors = ["embed.weight": Tensor(shape: [V, D], floats: weights(V * D, seed: 1)),
-                       "lm_head.weight": Tensor(shape: [V, D], floats: weights(V * D, seed: 2))]
+        var tensors = [
+            "embed.weight": Tensor(shape: [V, D], floats: weights(V * D, seed: 1)),
+            "lm_head.weight": Tensor(shape: [V, D], floats: weights(V * D, seed: 2)),
+        ]
         tensors.merge(extra) { a, _ in a }
         try safetensors(tensors).write(to: dir.appendingPathComponent("model.safetensors"))
-        try FileManager.default.copyItem(at: Self.fixtures.appendingPathComponent("golden/cst_a1_shared_tied_gelu/tokenizer.json"),
-                                         to: dir.appendingPathComponent("tokenizer.json"))
+        try FileManager.default.copyItem(
+            at: Self.fixtures.appendingPathComponent("golden/cst_a1_shared_tied_gelu/tokenizer.json"),
+            to: dir.appendingPathComponent("tokenizer.json"))
     }
 
     /// float32 tensors in the safetensors layout: an 8-byte little-endian header length,
@@ -97,8 +101,10 @@ struct RegistryTests {
 /// never an overflow trap or an allocation sized by the config alone.
 struct HostileConfigTests {
     func config(_ architecture: String, _ changes: [String: Int] = [:]) -> JSONValue {
-        var c = ["vocab_size": 291, "d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1, "slice_length": 4,
-                 "extension_ratio": 3, "max_slices": 4, "max_positions": 64]
+        var c = [
+            "vocab_size": 291, "d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 1, "slice_length": 4,
+            "extension_ratio": 3, "max_slices": 4, "max_positions": 64,
+        ]
         c.merge(changes) { _, new in new }
         return .object(c.mapValues { .number(Double($0)) }.merging(["architecture": .string(architecture)]) { a, _ in a })
     }

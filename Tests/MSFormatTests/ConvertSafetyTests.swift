@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MSFormat
 
 /// `msgen convert` as a careless user runs it (issue 12): outputs that must not be
@@ -112,7 +113,9 @@ struct ConvertSafetyTests {
         var tok = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
         tok["normalizer"] = ["type": "Lowercase"]
         try JSONSerialization.data(withJSONObject: tok).write(to: url)
-        expectRefused(try convert([ckpt, "-o", dir.path("m.msz")]), "cannot use the tokenizer of \(ckpt)/tokenizer.json: tokenizer.json has a Lowercase normalizer")
+        expectRefused(
+            try convert([ckpt, "-o", dir.path("m.msz")]),
+            "cannot use the tokenizer of \(ckpt)/tokenizer.json: tokenizer.json has a Lowercase normalizer")
         #expect(!fm.fileExists(atPath: dir.path("m.msz")))
     }
 

@@ -1,7 +1,8 @@
 import Foundation
-import Testing
-@testable import MSFormat
 import MSModels
+import Testing
+
+@testable import MSFormat
 
 /// `msgen convert` on a real checkpoint, and its validation errors.
 struct ConvertTests {
@@ -41,7 +42,10 @@ struct ConvertTests {
     @Test func badConfigs() throws {
         #expect(try validationError { $0["architecture"] = "mamba" }.contains("unknown architecture 'mamba'"))
         #expect(try validationError { $0["extension_ratio"] = 4 }.contains("extension_ratio"))
-        #expect(try validationError { $0["slice_length"] = 3; $0["extension_ratio"] = 2 }.contains("not an integer"))
+        #expect(
+            try validationError {
+                $0["slice_length"] = 3; $0["extension_ratio"] = 2
+            }.contains("not an integer"))
         #expect(try validationError { $0["n_heads"] = 3 }.contains("not divisible"))
         #expect(try validationError { $0.removeValue(forKey: "vocab_size") }.contains("missing 'vocab_size'"))
         #expect(try validationError { $0["vocab_size"] = 100 }.contains("vocab_size is 100"))
@@ -65,10 +69,13 @@ struct ConvertTests {
         #expect(norm["dtype"] as? String == (dtype == "q8" ? "f32" : dtype))
         // In memory the matrices keep their stored dtype: every one of them, in its raw bytes.
         let resident = info["resident_bytes"] as! [String: Int]
-        let matrices = tensors.filter { ($0["shape"] as! [Int]).count == 2 && ($0["name"] as! String).hasPrefix("layers.") || $0["name"] as? String == "embed.weight" }
+        let matrices = tensors.filter {
+            ($0["shape"] as! [Int]).count == 2 && ($0["name"] as! String).hasPrefix("layers.") || $0["name"] as? String == "embed.weight"
+        }
         #expect(resident[dtype] ?? 0 >= matrices.reduce(0) { $0 + ($1["raw_bytes"] as! Int) }, "\(resident)")
         // The stored weights equal the checkpoint's, converted.
-        let source = Dictionary(uniqueKeysWithValues: try Safetensors.read(path: Fixtures.path("format/tiny-cst/model.safetensors")).map { ($0.name, $0.tensor) })
+        let source = Dictionary(
+            uniqueKeysWithValues: try Safetensors.read(path: Fixtures.path("format/tiny-cst/model.safetensors")).map { ($0.name, $0.tensor) })
         let loaded = try MSZFile(path: out).load()
         for (name, t) in loaded {
             #expect(t.floats() == source[name]!.converted(to: t.dtype).floats(), "\(name)")
@@ -87,8 +94,10 @@ struct ConvertTests {
 
     @Test func maliciousCheckpointViaCLI() throws {
         try? FileManager.default.removeItem(atPath: "/tmp/msgen-pwned")
-        let r = try CLI.run(["convert", Fixtures.path("format/evil.pt"), "--config", Fixtures.path("format/tiny-cst/config.json"),
-                             "-o", dir.path("evil.msz")])
+        let r = try CLI.run([
+            "convert", Fixtures.path("format/evil.pt"), "--config", Fixtures.path("format/tiny-cst/config.json"),
+            "-o", dir.path("evil.msz"),
+        ])
         #expect(r.status != 0 && r.stderr.contains("refusing to load"))
         #expect(!FileManager.default.fileExists(atPath: "/tmp/msgen-pwned"))
         #expect(!FileManager.default.fileExists(atPath: dir.path("evil.msz")))

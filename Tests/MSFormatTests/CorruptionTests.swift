@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MSFormat
 
 /// Damaged and hostile model files: each must be refused with a clear message (or, where
@@ -10,9 +11,11 @@ struct CorruptionTests {
     let original: [String: [UInt8]]
 
     init() throws {
-        let tensors = [("a", MSZTests.randomTensor([64, 32], seed: 1).converted(to: .f16)),
-                       ("b", MSZTests.randomTensor([32, 32], seed: 2).converted(to: .q8)),
-                       ("c", MSZTests.randomTensor([5], seed: 3))]
+        let tensors = [
+            ("a", MSZTests.randomTensor([64, 32], seed: 1).converted(to: .f16)),
+            ("b", MSZTests.randomTensor([32, 32], seed: 2).converted(to: .q8)),
+            ("c", MSZTests.randomTensor([5], seed: 3)),
+        ]
         try MSZTests.write(tensors.map { (name: $0.0, tensor: $0.1) }, to: dir.path("good.msz"))
         good = try Data(contentsOf: URL(fileURLWithPath: dir.path("good.msz")))
         original = Dictionary(uniqueKeysWithValues: tensors.map { ($0.0, Array($0.1.storage.bytes)) })
@@ -110,12 +113,12 @@ struct CorruptionTests {
         let cases: [(Data, String)] = [
             (try editTensor(0, "shape", [1 << 40, 1 << 40]), "impossible shape"),
             (try editTensor(0, "shape", [-1, 4]), "impossible shape"),
-            (try editTensor(1, "shape", [3, 7]), "impossible shape"),            // q8 needs whole blocks
+            (try editTensor(1, "shape", [3, 7]), "impossible shape"),  // q8 needs whole blocks
             (try editTensor(1, "name", "a"), "appears twice"),
             (try editTensor(0, "dtype", "f64"), "unknown dtype"),
             (try editTensor(0, "offset", 1 << 50), "outside the file"),
             (try editTensor(2, "offset", 0), "overlaps"),
-            (try editTensor(0, "shape", [64, 16]), "declares"),                  // frame size ≠ shape
+            (try editTensor(0, "shape", [64, 16]), "declares"),  // frame size ≠ shape
             // 512 GB claimed: more than any frame of its size can expand to (the fuzzers' limits).
             (try editTensor(0, "shape", [1 << 19, 1 << 19]), "needs 549755813888 bytes, more than its"),
             (try editTensor(2, "shape", [Int](repeating: 1, count: FormatLimits.maxDimensions + 1)), "17 dimensions, more than the 16"),
@@ -133,8 +136,10 @@ struct CorruptionTests {
     @Test func cliReportsOneLineAndFails() throws {
         var bad = good; bad[good.count - 3] ^= 0xFF
         try bad.write(to: URL(fileURLWithPath: dir.path("bad.msz")))
-        for args in [["inspect", "--verify", dir.path("bad.msz")], ["inspect", dir.path("missing.msz")],
-                     ["inspect", dir.url.path]] {
+        for args in [
+            ["inspect", "--verify", dir.path("bad.msz")], ["inspect", dir.path("missing.msz")],
+            ["inspect", dir.url.path],
+        ] {
             let r = try CLI.run(args)
             #expect(r.status != 0)
             let lines = r.stderr.split(separator: "\n")

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MSFormat
 
 /// Crafted and odd training checkpoints (tools/make_convert_fixtures.py made the files):
@@ -18,10 +19,10 @@ struct HostileCheckpointTests {
 
     @Test(arguments: [
         ("huge_numel.pt", "declares 2305843009213693952 elements"),  // 2^61 floats: 2^63 bytes overflow
-        ("huge_offset.pt", "reaches past its storage"),              // offset 2^63 - 2
-        ("huge_stride.pt", "reaches past its storage"),              // 2 × 2^62 overflows
-        ("huge_broadcast.pt", "a broadcast view"),                   // 2^40 elements over 4 stored
-        ("zip_claim.pt", "claims an impossible size"),               // 16 bytes stored, 1 GiB claimed: not reserved
+        ("huge_offset.pt", "reaches past its storage"),  // offset 2^63 - 2
+        ("huge_stride.pt", "reaches past its storage"),  // 2 × 2^62 overflows
+        ("huge_broadcast.pt", "a broadcast view"),  // 2^40 elements over 4 stored
+        ("zip_claim.pt", "claims an impossible size"),  // 16 bytes stored, 1 GiB claimed: not reserved
     ])
     func impossibleGeometryIsAnError(fixture: String, message: String) {
         let e = torchError(fixture)
@@ -73,8 +74,9 @@ struct HostileCheckpointTests {
     }
 
     @Test func pickleLimitsAreClearErrors() {
-        #expect(unpickle([UInt8](repeating: 0x28, count: Unpickler.maxMarkDepth + 1) + [0x4E])
-            .contains("nests deeper than \(Unpickler.maxMarkDepth) levels"))
+        #expect(
+            unpickle([UInt8](repeating: 0x28, count: Unpickler.maxMarkDepth + 1) + [0x4E])
+                .contains("nests deeper than \(Unpickler.maxMarkDepth) levels"))
         // A value below an open MARK belongs to the enclosing frame: TUPLE1 cannot take it.
         #expect(unpickle([0x4E, 0x28, 0x85]).contains("stack underflow"))
         #expect(unpickle([0x28, 0x74]).contains("no error"))  // an empty tuple is fine
@@ -152,11 +154,17 @@ struct HostileCheckpointTests {
             do { _ = try Checkpoint.load(path: ckpt); return "no error" } catch { return "\(error)" }
         }
         func editMap(_ name: String, _ file: String) -> (inout [String: Any]) -> Void {
-            { index in var m = index["weight_map"] as! [String: Any]; m[name] = file; index["weight_map"] = m }
+            { index in
+                var m = index["weight_map"] as! [String: Any]; m[name] = file; index["weight_map"] = m
+            }
         }
         #expect(try error(editMap("embed.weight", "../tiny-cst/model.safetensors")).contains("not a file name beside the index"))
-        #expect(try error(editMap("embed.weight", "model-00009-of-00009.safetensors")).contains("lists the shard model-00009-of-00009.safetensors, which is missing"))
-        #expect(try error(editMap("ghost.weight", "model-00001-of-00002.safetensors")).contains("puts ghost.weight in model-00001-of-00002.safetensors, which does not hold it"))
+        #expect(
+            try error(editMap("embed.weight", "model-00009-of-00009.safetensors")).contains(
+                "lists the shard model-00009-of-00009.safetensors, which is missing"))
+        #expect(
+            try error(editMap("ghost.weight", "model-00001-of-00002.safetensors")).contains(
+                "puts ghost.weight in model-00001-of-00002.safetensors, which does not hold it"))
         #expect(try error { $0.removeValue(forKey: "weight_map") }.contains("no \"weight_map\""))
     }
 

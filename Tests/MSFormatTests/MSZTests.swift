@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MSFormat
 
 /// Round trips through .msz for every dtype, against error bounds that follow from the
@@ -11,18 +12,21 @@ struct MSZTests {
     }
 
     static func write(_ tensors: [(name: String, tensor: Tensor)], to path: String) throws {
-        try MSZWriter.write(path: path, architecture: "cst-decoder", config: .object(["k": .string("v")]),
-                            tokenizer: "{\"model\": {}}", tensors: tensors, provenance: ["source": .string("test")])
+        try MSZWriter.write(
+            path: path, architecture: "cst-decoder", config: .object(["k": .string("v")]),
+            tokenizer: "{\"model\": {}}", tensors: tensors, provenance: ["source": .string("test")])
     }
 
     @Test(arguments: [DType.f32, .f16, .bf16, .q8])
     func roundTrip(dtype: DType) throws {
         let dir = TempDir()
         // Sizes cross the 1 MiB byte-plane block and include a vector and an empty tensor.
-        let originals = [("big", Self.randomTensor([2100, 256], seed: 1, scale: 3)),
-                         ("small", Self.randomTensor([2, 32], seed: 2, scale: 1e-3)),
-                         ("vector", Self.randomTensor([7], seed: 3)),
-                         ("empty", Tensor(shape: [0, 4], floats: []))]
+        let originals = [
+            ("big", Self.randomTensor([2100, 256], seed: 1, scale: 3)),
+            ("small", Self.randomTensor([2, 32], seed: 2, scale: 1e-3)),
+            ("vector", Self.randomTensor([7], seed: 3)),
+            ("empty", Tensor(shape: [0, 4], floats: [])),
+        ]
         let stored = originals.map { (name, t) in
             (name: name, tensor: t.converted(to: dtype == .q8 && !t.canQuantize ? .f32 : dtype))
         }
@@ -44,12 +48,13 @@ struct MSZTests {
                 let block = b..<min(b + 32, x.count)
                 let amax = block.map { abs(x[$0]) }.max()!
                 for i in block {
-                    let bound: Float = switch back.dtype {
-                    case .f32: 0
-                    case .f16: abs(x[i]) * 0x1p-11 + 0x1p-25  // half an ulp, or a subnormal step
-                    case .bf16: abs(x[i]) * 0x1p-8
-                    default: 0.51 * amax / 127 + 1e-7
-                    }
+                    let bound: Float =
+                        switch back.dtype {
+                        case .f32: 0
+                        case .f16: abs(x[i]) * 0x1p-11 + 0x1p-25  // half an ulp, or a subnormal step
+                        case .bf16: abs(x[i]) * 0x1p-8
+                        default: 0.51 * amax / 127 + 1e-7
+                        }
                     if !(abs(x[i] - y[i]) <= bound) { violations.append("\(name)[\(i)] \(x[i]) -> \(y[i])") }
                 }
             }
@@ -76,8 +81,9 @@ struct MSZTests {
 
     @Test func writerRefusesDuplicateNames() throws {
         let dir = TempDir()
-        #expect { try Self.write([("a", Self.randomTensor([4], seed: 1)), ("a", Self.randomTensor([4], seed: 2))], to: dir.path("m.msz")) }
-            throws: { "\($0)".contains("duplicate") }
+        #expect { try Self.write([("a", Self.randomTensor([4], seed: 1)), ("a", Self.randomTensor([4], seed: 2))], to: dir.path("m.msz")) } throws: {
+            "\($0)".contains("duplicate")
+        }
         #expect(!FileManager.default.fileExists(atPath: dir.path("m.msz")))
     }
 }

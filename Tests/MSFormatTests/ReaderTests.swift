@@ -1,13 +1,15 @@
 import Foundation
 import Testing
+
 @testable import MSFormat
 
 /// The checkpoint readers return exactly what PyTorch and safetensors wrote
 /// (tools/make_format_fixtures.py recorded the values in expected.json).
 struct ReaderTests {
     struct Expected: Decodable { let dtype: String; let shape: [Int]; let values: [Double] }
-    static let expected = try! JSONDecoder().decode([String: Expected].self,
-                                                    from: Data(contentsOf: URL(fileURLWithPath: Fixtures.path("format/expected.json"))))
+    static let expected = try! JSONDecoder().decode(
+        [String: Expected].self,
+        from: Data(contentsOf: URL(fileURLWithPath: Fixtures.path("format/expected.json"))))
 
     func assertMatches(_ tensors: [(name: String, tensor: Tensor)], names: [String]) {
         let byName = Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0.tensor) })
@@ -57,8 +59,10 @@ struct ReaderTests {
             (good.prefix(good.count - 10), "outside the file"),
             (Data([255, 255, 255, 255, 0, 0, 0, 0]) + good.dropFirst(8), "header length"),
             (good.prefix(8) + Data(repeating: UInt8(ascii: "x"), count: good.count - 8), "not a JSON object"),
-            (safetensors(header: #"{"t": {"dtype": "F32", "shape": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1], "data_offsets": [0, 4]}}"#, data: 4),
-             "17 dimensions, more than the 16"),
+            (
+                safetensors(header: #"{"t": {"dtype": "F32", "shape": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1], "data_offsets": [0, 4]}}"#, data: 4),
+                "17 dimensions, more than the 16"
+            ),
         ]
         for (i, (bytes, message)) in cases.enumerated() {
             let p = dir.path("bad\(i).safetensors")

@@ -1,5 +1,6 @@
 import Foundation
 import MSGenTestSupport
+
 @testable import MSFormat
 
 /// Paths and helpers shared by the tests.

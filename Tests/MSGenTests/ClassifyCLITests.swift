@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import MSFormat
+import Testing
 
 /// `msgen classify` as a user runs it, on golden encoder fixtures converted with
 /// `msgen convert`.
@@ -12,8 +12,10 @@ struct ClassifyCLITests {
     static let models: [String: Model] = {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("msgen-classify-\(getpid())")
         try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let sentences = ["mstrans_fixed_scales": "The LORD is my shepherd; I shall not want.",
-                         "mstrans_nk_scales": "And God saw the light, that it was good."]
+        let sentences = [
+            "mstrans_fixed_scales": "The LORD is my shepherd; I shall not want.",
+            "mstrans_nk_scales": "And God saw the light, that it was good.",
+        ]
         return sentences.reduce(into: [:]) { out, entry in
             let (name, sentence) = entry
             let fixture = CLI.fixtures.appendingPathComponent(name).path

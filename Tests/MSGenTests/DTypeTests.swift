@@ -1,9 +1,10 @@
 import Foundation
-import Testing
 import MSFormat
 import MSKernels
 import MSModels
 import MSTokenizer
+import Testing
+
 @testable import MSGen
 
 /// The bundled CST (real trained weights) run in its stored dtypes: f16 and bf16 logits

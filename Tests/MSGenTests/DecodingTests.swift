@@ -1,7 +1,8 @@
 import Foundation
-import Testing
 import MSFormat
 import MSTokenizer
+import Testing
+
 @testable import MSGen
 
 /// `Decoding` driven by hand, without a model: greedy sampling over logits that put the
@@ -21,8 +22,10 @@ struct DecodingTests {
         return l
     }
 
-    static func decoding(maxTokens: Int = 100, stop: [String] = [], logprobs: Int = 0, eos: Int? = 0,
-                         context: Int = 1000, pastContext: Bool = true, prompt: [Int] = [1, 2]) -> Decoding {
+    static func decoding(
+        maxTokens: Int = 100, stop: [String] = [], logprobs: Int = 0, eos: Int? = 0,
+        context: Int = 1000, pastContext: Bool = true, prompt: [Int] = [1, 2]
+    ) -> Decoding {
         var o = GenerationOptions()
         o.maxTokens = maxTokens; o.stop = stop; o.logprobs = logprobs
         o.sampler.temperature = 0

@@ -18,8 +18,10 @@ extension MSGenCLI {
             _ = try! run(["convert", fixtures.appendingPathComponent(fixture).path, "-o", out])
             return out
         }
-        return (convert("cst_a3_shared_untied_gelutanh_full", "dec.msz"), convert("mstrans_fixed_scales", "enc.msz"),
-                convert("transformer_untied_gelutanh", "base.msz"), nanModel(dir.appendingPathComponent("nan.msz").path))
+        return (
+            convert("cst_a3_shared_untied_gelutanh_full", "dec.msz"), convert("mstrans_fixed_scales", "enc.msz"),
+            convert("transformer_untied_gelutanh", "base.msz"), nanModel(dir.appendingPathComponent("nan.msz").path)
+        )
     }()
 
     /// The CST fixture with every weight NaN, written directly (as a corrupt or diverged
@@ -31,8 +33,9 @@ extension MSGenCLI {
             let f = t.tensor.storage.bytes.bindMemory(to: Float.self)
             for j in f.indices { f[j] = .nan }
         }
-        try! MSZWriter.write(path: path, architecture: ckpt.configJSON.objectValue!["architecture"]!.stringValue!, config: ckpt.configJSON,
-                             tokenizer: ckpt.tokenizerJSON, tensors: ckpt.tensors, provenance: [:])
+        try! MSZWriter.write(
+            path: path, architecture: ckpt.configJSON.objectValue!["architecture"]!.stringValue!, config: ckpt.configJSON,
+            tokenizer: ckpt.tokenizerJSON, tensors: ckpt.tensors, provenance: [:])
         return path
     }
 }
@@ -57,8 +60,9 @@ struct GenerateCLITests {
     }
 
     @Test func jsonEventsAndStdinLines() throws {
-        let r = try CLI.run(["--model", CLI.models.decoder, "--lines", "--json", "--max-tokens", "3", "--seed", "1"],
-                             stdin: Data("first\n\nsecond\r\n".utf8))
+        let r = try CLI.run(
+            ["--model", CLI.models.decoder, "--lines", "--json", "--max-tokens", "3", "--seed", "1"],
+            stdin: Data("first\n\nsecond\r\n".utf8))
         #expect(r.status == 0)
         let events = String(decoding: r.stdout, as: UTF8.self).split(separator: "\n").map {
             try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]

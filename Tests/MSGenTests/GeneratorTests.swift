@@ -1,8 +1,9 @@
 import Foundation
-import Testing
 import MSFormat
 import MSModels
 import MSTokenizer
+import Testing
+
 @testable import MSGen
 
 /// A generator over a golden fixture model (random weights, real tokenizer).
@@ -10,7 +11,8 @@ func fixtureGenerator(_ name: String = "cst_a3_shared_untied_gelutanh_full") thr
     let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/golden/\(name)").path
     let ckpt = try Checkpoint.load(path: dir)
-    let model = try Architectures.languageModel(config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+    let model = try Architectures.languageModel(
+        config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
     return Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
 }
 
@@ -36,8 +38,9 @@ struct GeneratorTests {
         let V = g.model.config.vocabSize
         for id in r.ids {
             let n = seq.count
-            let logits = try g.model.prefill(Array(seq.suffix(g.model.config.context)), cache: g.model.makeCache(),
-                                             logitsFor: (min(n, g.model.config.context) - 1)..<min(n, g.model.config.context))
+            let logits = try g.model.prefill(
+                Array(seq.suffix(g.model.config.context)), cache: g.model.makeCache(),
+                logitsFor: (min(n, g.model.config.context) - 1)..<min(n, g.model.config.context))
             #expect(logits.count == V)
             if n <= g.model.config.context { #expect(Sampler.argmax(logits) == id) }
             seq.append(id)
@@ -115,7 +118,8 @@ struct BaselineGenerationTests {
         let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Fixtures/golden/transformer_untied_gelutanh").path
         let ckpt = try Checkpoint.load(path: dir)
-        let model = try Architectures.languageModel(config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+        let model = try Architectures.languageModel(
+            config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
         let g = Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
         var o = GenerationOptions(); o.maxTokens = 1000; o.ignoreEOS = true; o.sampler.seed = 3
         let r = try collect(g, "In", o)

@@ -24,14 +24,18 @@ struct MemoryTests {
             made += n
             return Tensor(shape: shape, floats: (0..<n).map { pool[($0 &* 7919 &+ made) % pool.count] })
         }
-        var t: [(name: String, tensor: Tensor)] = [("embed.weight", tensor([V, D])), ("pos_local.weight", tensor([16, D])),
-                                                   ("pos_global.weight", tensor([16, D]))]
+        var t: [(name: String, tensor: Tensor)] = [
+            ("embed.weight", tensor([V, D])), ("pos_local.weight", tensor([16, D])),
+            ("pos_global.weight", tensor([16, D])),
+        ]
         for i in 0..<layers {
             let p = "layers.\(i)."
             for n in ["norm1", "norm2"] { t += [(p + n + ".weight", tensor([D])), (p + n + ".bias", tensor([D]))] }
             for x in ["q", "k", "v", "o"] { t += [(p + "attn.\(x)_proj.weight", tensor([D, D])), (p + "attn.\(x)_proj.bias", tensor([D]))] }
-            t += [(p + "mlp.fc1.weight", tensor([F, D])), (p + "mlp.fc1.bias", tensor([F])),
-                  (p + "mlp.fc2.weight", tensor([D, F])), (p + "mlp.fc2.bias", tensor([D]))]
+            t += [
+                (p + "mlp.fc1.weight", tensor([F, D])), (p + "mlp.fc1.bias", tensor([F])),
+                (p + "mlp.fc2.weight", tensor([D, F])), (p + "mlp.fc2.bias", tensor([D])),
+            ]
         }
         t += [("norm_f.weight", tensor([D])), ("norm_f.bias", tensor([D]))]
         let config: JSONValue = .object([

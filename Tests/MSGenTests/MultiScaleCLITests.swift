@@ -1,8 +1,9 @@
 import Foundation
-import Testing
 import MSFormat
 import MSModels
 import MSTokenizer
+import Testing
+
 @testable import MSGen
 
 /// The multi-scale decoders (Sources/MSModels/README.md) through the generator and the msgen binary:
@@ -24,7 +25,8 @@ struct MultiScaleCLITests {
     @Test(arguments: names)
     func generationStopsWhenTheContextIsFull(_ name: String) throws {
         let ckpt = try Checkpoint.load(path: Self.golden(name))
-        let model = try Architectures.languageModel(config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+        let model = try Architectures.languageModel(
+            config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
         let g = Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
         var o = GenerationOptions(); o.maxTokens = 1000; o.ignoreEOS = true; o.sampler.seed = 3
         let r = try collect(g, "In", o)

@@ -55,8 +55,9 @@ struct NewUserCLITests {
         for redirect in [">/dev/full", ">&-"] {
             let r = try CLI.shell(command + " " + redirect)
             #expect(r.status == 1, "\(command) \(redirect): \(r.status)")
-            #expect(Self.errors(r) == ["cannot write to standard output: " + (redirect == ">&-" ? "Bad file descriptor" : "No space left on device")],
-                    "\(command) \(redirect): \(r.stderr)")
+            #expect(
+                Self.errors(r) == ["cannot write to standard output: " + (redirect == ">&-" ? "Bad file descriptor" : "No space left on device")],
+                "\(command) \(redirect): \(r.stderr)")
         }
         // A reader that goes away is no error.
         let piped = try CLI.shell("{ " + command + "; echo \"msgen status $?\" >&2; } | head -c 1 >/dev/null")
@@ -149,8 +150,10 @@ struct NewUserCLITests {
     }
 
     @Test func threadsMustBePositiveEverywhere() throws {
-        for args in [["-t", "0", "hi"], ["bench", "--threads", "0"], ["perplexity", "-t", "0", Self.path("good.txt")],
-                     ["classify", "--threads", "0", "x"], ["tokenize", "-t", "-1", "x"]] {
+        for args in [
+            ["-t", "0", "hi"], ["bench", "--threads", "0"], ["perplexity", "-t", "0", Self.path("good.txt")],
+            ["classify", "--threads", "0", "x"], ["tokenize", "-t", "-1", "x"],
+        ] {
             let r = try CLI.run(args)
             #expect(r.status != 0 && r.stderr.contains("--threads must be ≥ 1"), "\(args): \(r.stderr)")
         }
@@ -205,14 +208,16 @@ struct NewUserCLITests {
 
     @Test func perplexityReadsStandardInputAndScoresTheFilesItCan() throws {
         let file = try CLI.run(["perplexity", "-m", Self.m, "--json", Self.path("good.txt")])
-        let stdin = try CLI.run(["perplexity", "-m", Self.m, "--json", "-"], stdin: try Data(contentsOf: Self.dir.appendingPathComponent("good.txt")))
+        let stdin = try CLI.run(
+            ["perplexity", "-m", Self.m, "--json", "-"], stdin: try Data(contentsOf: Self.dir.appendingPathComponent("good.txt")))
         #expect(stdin.status == 0 && Self.json(stdin.stdout)["nll"] as? Double == Self.json(file.stdout)["nll"] as? Double)
 
         let r = try CLI.run(["perplexity", "-m", Self.m, Self.path("good.txt"), Self.path("missing.txt"), Self.path("other.txt")])
         #expect(r.status != 0)
         #expect(r.stderr.split(separator: "\n") == ["\(Self.path("missing.txt")): no such file"], "\(r.stderr)")
         let lines = Self.text(r).split(separator: "\n")
-        #expect(lines.count == 3 && lines[0].hasPrefix(Self.path("good.txt")) && lines[1].hasPrefix(Self.path("other.txt"))
+        #expect(
+            lines.count == 3 && lines[0].hasPrefix(Self.path("good.txt")) && lines[1].hasPrefix(Self.path("other.txt"))
                 && lines[2].hasPrefix("total"), "\(Self.text(r))")
     }
 

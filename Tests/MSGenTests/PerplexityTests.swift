@@ -1,8 +1,9 @@
 import Foundation
-import Testing
 import MSFormat
 import MSModels
 import MSTokenizer
+import Testing
+
 @testable import MSGen
 
 /// `msgen perplexity` against the PyTorch reference (Tests/Fixtures/perplexity, made by
@@ -62,7 +63,7 @@ struct PerplexityTests {
     func windowsOnSeveralThreadsEqualOneAtATime(_ name: String) throws {
         let (model, tok) = try Self.load(name)
         let ids = tok.encode(Self.text), scorer = Scorer(model: model, tokenizer: tok)
-        let c = model.config.context, s = c / 2 + 1   // several windows, not a multiple of 3
+        let c = model.config.context, s = c / 2 + 1  // several windows, not a multiple of 3
         #expect(Scorer.windows(tokens: ids.count, context: c, stride: s).count % 3 != 0)
         let one = try scorer.score(ids, context: c, stride: s, base: model, threads: 1)
         let three = try scorer.score(ids, context: c, stride: s, base: model, threads: 3)
@@ -98,7 +99,8 @@ struct PerplexityTests {
         let (q8, _) = try Self.load("cst_a2_separate_untied_gelutanh", dtype: .q8)
         let ids = Array(tok.encode(Self.text).prefix(200))
         let same = try Scorer(model: model, tokenizer: tok).score(ids, context: 32, stride: 31, base: model)
-        #expect(same.kl.allSatisfy { $0 < 1e-9 } && same.sameTop == same.count, "max KL \(same.kl.max() ?? 0), same top \(same.sameTop)/\(same.count)")
+        #expect(
+            same.kl.allSatisfy { $0 < 1e-9 } && same.sameTop == same.count, "max KL \(same.kl.max() ?? 0), same top \(same.sameTop)/\(same.count)")
         let quant = try Scorer(model: q8, tokenizer: tok).score(ids, context: 32, stride: 31, base: model)
         let mean = quant.kl.reduce(0, +) / Double(quant.kl.count)
         #expect(mean > 1e-7 && mean < 0.01, "KL \(mean)")

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MSGen
 
 /// The sampler's filters keep exactly the sets their definitions give, computed here

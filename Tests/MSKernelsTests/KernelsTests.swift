@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MSKernels
 
 /// The kernels against plain loops and libm. The element-wise ones run in both their
@@ -97,8 +98,9 @@ struct KernelsTests {
         let keys = (0..<(n * dh)).map { Float(($0 * 3) % 7) / 7 }
         let values = (0..<(n * dh)).map { Float($0 % 5) }
         var out = [Float](repeating: 0, count: dh), scores = [Float](repeating: 0, count: n)
-        Kernels.attend(query: q, keys: keys, keyStride: dh, values: values, valueStride: dh, count: n, headDim: dh,
-                       scale: 0.5, scores: &scores, into: &out)
+        Kernels.attend(
+            query: q, keys: keys, keyStride: dh, values: values, valueStride: dh, count: n, headDim: dh,
+            scale: 0.5, scores: &scores, into: &out)
         let s = (0..<n).map { j in exp(0.5 * (0..<dh).reduce(0) { $0 + Double(q[$1] * keys[j * dh + $1]) }) }
         let total = s.reduce(0, +)
         for d in 0..<dh {
@@ -116,14 +118,16 @@ struct KernelsTests {
         let v = (0..<(n * dh)).map { Float(($0 * 3) % 11) / 11 }
         var out = [Float](repeating: 0, count: count * dh)
         var scratch = [Float](repeating: 0, count: Kernels.causalScratch(keys: n))
-        Kernels.causalAttention(queries: q, queryStride: dh, keys: k, keyStride: dh, values: v, valueStride: dh,
-                                start: start, count: count, headDim: dh, scale: 0.7, scratch: &scratch, into: &out, outStride: dh)
+        Kernels.causalAttention(
+            queries: q, queryStride: dh, keys: k, keyStride: dh, values: v, valueStride: dh,
+            start: start, count: count, headDim: dh, scale: 0.7, scratch: &scratch, into: &out, outStride: dh)
         var worst: Float = 0
         var one = [Float](repeating: 0, count: dh), scores = [Float](repeating: 0, count: n)
         for i in 0..<count {
             q.withUnsafeBufferPointer { qp in
-                Kernels.attend(query: qp.baseAddress! + i * dh, keys: k, keyStride: dh, values: v, valueStride: dh,
-                               count: start + i + 1, headDim: dh, scale: 0.7, scores: &scores, into: &one)
+                Kernels.attend(
+                    query: qp.baseAddress! + i * dh, keys: k, keyStride: dh, values: v, valueStride: dh,
+                    count: start + i + 1, headDim: dh, scale: 0.7, scores: &scores, into: &one)
             }
             for d in 0..<dh { worst = max(worst, abs(one[d] - out[i * dh + d])) }
         }

@@ -1,6 +1,7 @@
 import CVector
 import Foundation
 import Testing
+
 @testable import MSKernels
 
 /// The weight-matrix kernels (linear.c through Kernels.linear) against a plain Double
@@ -41,7 +42,9 @@ struct LinearTests {
                 case .f32: for i in 0..<cols { row.storeBytes(of: rng.float(), toByteOffset: 4 * i, as: Float.self) }
                 case .f16: for i in 0..<cols { row.storeBytes(of: Float16(rng.float()).bitPattern, toByteOffset: 2 * i, as: UInt16.self) }
                 case .bf16:
-                    for i in 0..<cols { row.storeBytes(of: UInt16(truncatingIfNeeded: rng.float().bitPattern >> 16), toByteOffset: 2 * i, as: UInt16.self) }
+                    for i in 0..<cols {
+                        row.storeBytes(of: UInt16(truncatingIfNeeded: rng.float().bitPattern >> 16), toByteOffset: 2 * i, as: UInt16.self)
+                    }
                 case .q8:
                     for b in 0..<(cols / 32) {
                         let block = row + 34 * b
@@ -71,8 +74,10 @@ struct LinearTests {
     enum Path { case entry, matvec, tiled(tileRows: Int) }
 
     /// Runs one product and checks every output against the reference and its bound.
-    func check(_ type: WeightType, rows m: Int, out n: Int, in k: Int, bias useBias: Bool, accumulate: Bool,
-               path: Path, level: Kernels.Level, rng: inout Random, label: String) {
+    func check(
+        _ type: WeightType, rows m: Int, out n: Int, in k: Int, bias useBias: Bool, accumulate: Bool,
+        path: Path, level: Kernels.Level, rng: inout Random, label: String
+    ) {
         let w = Weights(type, rows: n, cols: k, rng: &rng)
         // Strided rows of x and y (stride = width + 3), to check the strides are honoured.
         let lx = k + 3, ly = n + 3
@@ -88,14 +93,17 @@ struct LinearTests {
                     let bp = useBias ? b.baseAddress! : nil
                     switch path {
                     case .entry:
-                        Kernels.linear(xp.baseAddress!, rows: m, xStride: lx, weight: w.matrix, bias: bp, into: yp.baseAddress!, yStride: ly,
-                                       accumulate: accumulate)
+                        Kernels.linear(
+                            xp.baseAddress!, rows: m, xStride: lx, weight: w.matrix, bias: bp, into: yp.baseAddress!, yStride: ly,
+                            accumulate: accumulate)
                     case .matvec:
-                        Kernels.matvec(xp.baseAddress!, rows: m, xStride: lx, weight: w.matrix, bias: bp, into: yp.baseAddress!, yStride: ly,
-                                       accumulate: accumulate)
+                        Kernels.matvec(
+                            xp.baseAddress!, rows: m, xStride: lx, weight: w.matrix, bias: bp, into: yp.baseAddress!, yStride: ly,
+                            accumulate: accumulate)
                     case .tiled(let t):
-                        Kernels.tiled(xp.baseAddress!, rows: m, xStride: lx, weight: w.matrix, bias: bp, into: yp.baseAddress!, yStride: ly,
-                                      accumulate: accumulate, tileRows: t)
+                        Kernels.tiled(
+                            xp.baseAddress!, rows: m, xStride: lx, weight: w.matrix, bias: bp, into: yp.baseAddress!, yStride: ly,
+                            accumulate: accumulate, tileRows: t)
                     }
                 }
             }
@@ -153,8 +161,9 @@ struct LinearTests {
                 let n = 1 + Int(rng.next() % 23)
                 let k = type == .q8 ? 32 * (1 + Int(rng.next() % 9)) : 1 + Int(rng.next() % 300)
                 let bias = rng.next() % 2 == 0, accumulate = rng.next() % 2 == 0
-                check(type, rows: m, out: n, in: k, bias: bias, accumulate: accumulate, path: .matvec, level: level, rng: &rng,
-                      label: "\(type) \(level) m \(m) n \(n) k \(k) bias \(bias) accumulate \(accumulate)")
+                check(
+                    type, rows: m, out: n, in: k, bias: bias, accumulate: accumulate, path: .matvec, level: level, rng: &rng,
+                    label: "\(type) \(level) m \(m) n \(n) k \(k) bias \(bias) accumulate \(accumulate)")
             }
         }
     }
@@ -167,8 +176,9 @@ struct LinearTests {
         for level in Self.levels {
             for k in ks {
                 for (m, n) in [(1, 1), (1, 4), (1, 5), (2, 7), (4, 3), (8, 2), (9, 9)] {
-                    check(type, rows: m, out: n, in: k, bias: true, accumulate: false, path: .matvec, level: level, rng: &rng,
-                          label: "\(type) \(level) m \(m) n \(n) k \(k)")
+                    check(
+                        type, rows: m, out: n, in: k, bias: true, accumulate: false, path: .matvec, level: level, rng: &rng,
+                        label: "\(type) \(level) m \(m) n \(n) k \(k)")
                 }
             }
         }
@@ -182,8 +192,9 @@ struct LinearTests {
             for (m, n, k, tile) in [(9, 10, 64, 3), (33, 29, 96, 8), (17, 70, 160, 64), (12, 5, 32, 100), (130, 41, 64, 16)] {
                 let kk = type == .q8 ? k : k + 5
                 for (bias, accumulate) in [(false, false), (true, false), (true, true), (false, true)] {
-                    check(type, rows: m, out: n, in: kk, bias: bias, accumulate: accumulate, path: .tiled(tileRows: tile), level: level,
-                          rng: &rng, label: "\(type) \(level) m \(m) n \(n) k \(kk) tile \(tile)")
+                    check(
+                        type, rows: m, out: n, in: kk, bias: bias, accumulate: accumulate, path: .tiled(tileRows: tile), level: level,
+                        rng: &rng, label: "\(type) \(level) m \(m) n \(n) k \(kk) tile \(tile)")
                 }
             }
         }
@@ -194,8 +205,9 @@ struct LinearTests {
     @Test(arguments: WeightType.allCases) func linearEntryMatchesReference(type: WeightType) {
         var rng = Random(seed: 3)
         for m in [1, 2, 8, 9, 70] {
-            check(type, rows: m, out: 37, in: 128, bias: m % 2 == 0, accumulate: m % 3 == 0, path: .entry, level: .cpu, rng: &rng,
-                  label: "\(type) m \(m)")
+            check(
+                type, rows: m, out: 37, in: 128, bias: m % 2 == 0, accumulate: m % 3 == 0, path: .entry, level: .cpu, rng: &rng,
+                label: "\(type) m \(m)")
         }
     }
 
@@ -215,8 +227,9 @@ struct LinearTests {
         Kernels.matvec(x, rows: 1, xStride: k, weight: w.matrix, bias: nil, into: &whole, yStride: n, accumulate: false)
         for j in 0..<n {
             single.withUnsafeMutableBufferPointer { s in
-                Kernels.matvec(x, rows: 1, xStride: k, weight: w.matrix.rows(j..<(j + 1)), bias: nil, into: s.baseAddress! + j, yStride: 1,
-                               accumulate: false)
+                Kernels.matvec(
+                    x, rows: 1, xStride: k, weight: w.matrix.rows(j..<(j + 1)), bias: nil, into: s.baseAddress! + j, yStride: 1,
+                    accumulate: false)
             }
         }
         #expect(whole == single)
@@ -238,8 +251,10 @@ struct LinearTests {
     /// f16 conversion of every special kind (subnormals, infinities, NaN, −0) in every copy,
     /// against Swift's Float16.
     @Test func f16WidensEveryKindOfValue() {
-        let patterns: [UInt16] = [0x0000, 0x8000, 0x0001, 0x03ff, 0x0400, 0x3c00, 0xbc00, 0x7bff, 0xfbff, 0x7c00, 0xfc00, 0x7e00, 0x3555, 0x8123,
-                                  0x1234, 0x5678, 0xabcd]
+        let patterns: [UInt16] = [
+            0x0000, 0x8000, 0x0001, 0x03ff, 0x0400, 0x3c00, 0xbc00, 0x7bff, 0xfbff, 0x7c00, 0xfc00, 0x7e00, 0x3555, 0x8123,
+            0x1234, 0x5678, 0xabcd,
+        ]
         for level in Self.levels {
             Kernels.level = level
             var out = [Float](repeating: 0, count: patterns.count)
@@ -272,7 +287,8 @@ struct LinearTests {
     /// The detected level is what the kernel reports in /proc/cpuinfo (on Linux).
     @Test func cpuLevelMatchesProcCpuinfo() {
         guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
+            let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+        else { return }
         let flags = Set(line.split(separator: " ").map(String.init))
         let avx2 = flags.isSuperset(of: ["avx2", "fma", "f16c"])
         let avx512 = avx2 && flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq"])

@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import MSFormat
+import Testing
+
 @testable import MSModels
 
 /// What a cache holds, for comparing two caches.
@@ -42,7 +43,8 @@ struct CacheTests {
         let reference = Self.oneByOne(model, ids)
         // CST: around a slice; multi-scale and retina: around the coarsest block (chunks
         // that end mid-block, on it and past it)
-        let L = (try? CSTConfig(ConfigReader(g.json)).sliceLength)
+        let L =
+            (try? CSTConfig(ConfigReader(g.json)).sliceLength)
             ?? (try? RetinaConfig(ConfigReader(g.json))).map { $0.sliceLength * $0.slicesPerBlock($0.levels) }
             ?? (try? MultiScaleConfig(ConfigReader(g.json), architecture: g.config.architecture)).map { $0.blockSize($0.scales - 1) } ?? 4
         let N = g.config.context

@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import MSFormat
+import Testing
+
 @testable import MSModels
 
 /// A golden fixture of tools/msgen_tools/make_fixtures.py: a checkpoint, token ids and the
@@ -22,7 +23,9 @@ struct Golden {
         let ckpt = try Checkpoint.load(path: dir)
         json = ckpt.configJSON
         tensors = Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) })
-        config = try Architectures.named(in: json).name == "ms-trans-encoder" ? MSTransConfig(ConfigReader(json)).common
+        config =
+            try Architectures.named(in: json).name == "ms-trans-encoder"
+            ? MSTransConfig(ConfigReader(json)).common
             : Architectures.languageModel(config: json, tensors: tensors).config
         let g = Dictionary(uniqueKeysWithValues: try Safetensors.read(path: dir + "/golden.safetensors").map { ($0.name, $0.tensor) })
         ids = g["input_ids"]!.ints()
@@ -50,7 +53,8 @@ func decoder(_ g: Golden) throws -> LanguageModel {
 
 /// Every decoder (CST, the baseline, top-down, bottom-up and retina) against the PyTorch reference.
 struct DecoderTests {
-    static let fixtures = Golden.names(prefix: "cst_") + Golden.names(prefix: "transformer_") + MultiScaleTests.fixtures
+    static let fixtures =
+        Golden.names(prefix: "cst_") + Golden.names(prefix: "transformer_") + MultiScaleTests.fixtures
         + RetinaTests.fixtures
 
     @Test func fixturesExist() { #expect(Self.fixtures.count >= 10) }

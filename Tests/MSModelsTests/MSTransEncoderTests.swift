@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import MSFormat
+import Testing
+
 @testable import MSModels
 
 struct MSTransEncoderTests {
@@ -23,9 +24,9 @@ struct MSTransEncoderTests {
     /// "N/k" is the length with [CLS] divided by k, rounded down to an odd number ≥ 1.
     @Test func fractionalScalesResolve() throws {
         let cases: [(k: Int, n: Int, width: Int)] = [
-            (8, 29, 3), (4, 29, 7), (2, 29, 13),   // the nk fixture's length (its README)
-            (2, 2, 1), (4, 2, 1), (8, 7, 1),       // shorter than k: at least 1
-            (1, 2, 1), (1, 3, 3), (1, 10, 9),      // N/1: the whole sequence, odd
+            (8, 29, 3), (4, 29, 7), (2, 29, 13),  // the nk fixture's length (its README)
+            (2, 2, 1), (4, 2, 1), (8, 7, 1),  // shorter than k: at least 1
+            (1, 2, 1), (1, 3, 3), (1, 10, 9),  // N/1: the whole sequence, odd
             (2, 16, 7), (2, 17, 7), (2, 18, 9), (3, 21, 7), (4, 48, 11), (4, 52, 13),
         ]
         for c in cases {
@@ -149,9 +150,11 @@ struct Synthetic {
         (self.layers, self.dModel, self.heads, self.dFF, self.labels, self.vocab, self.maxLength) =
             (layers, dModel, heads, dFF, labels, vocab, maxLength)
         let D = dModel
-        var shapes: [String: [Int]] = ["embed.weight": [vocab, D],
-                                       "classifier.fc1.weight": [dFF, 2 * D], "classifier.fc1.bias": [dFF],
-                                       "classifier.fc2.weight": [labels, dFF], "classifier.fc2.bias": [labels]]
+        var shapes: [String: [Int]] = [
+            "embed.weight": [vocab, D],
+            "classifier.fc1.weight": [dFF, 2 * D], "classifier.fc1.bias": [dFF],
+            "classifier.fc2.weight": [labels, dFF], "classifier.fc2.bias": [labels],
+        ]
         for i in 0..<layers {
             for x in ["q", "k", "v", "o"] { shapes["layers.\(i).attn.\(x)_proj.weight"] = [D, D]; shapes["layers.\(i).attn.\(x)_proj.bias"] = [D] }
             shapes["layers.\(i).norm.weight"] = [D]; shapes["layers.\(i).norm.bias"] = [D]
@@ -180,15 +183,21 @@ struct Synthetic {
 
     /// Written as config.json has them: odd integers and "N/k" strings.
     func config(scales: [[HeadScale]]) throws -> MSTransConfig {
-        try MSTransConfig(ConfigReader(.object([
-            "architecture": .string("ms-trans-encoder"), "vocab_size": .number(Double(vocab)),
-            "d_model": .number(Double(dModel)), "n_layers": .number(Double(layers)), "n_heads": .number(Double(heads)),
-            "d_ff": .number(Double(dFF)), "max_length": .number(Double(maxLength)), "cls_token_id": .number(Double(vocab - 1)),
-            "labels": .array((0..<labels).map { .string("l\($0)") }),
-            "layer_scales": .array(scales.map { .array($0.map {
-                if case .window(let w) = $0 { .number(Double(w)) } else { .string($0.description) }
-            }) }),
-        ])))
+        try MSTransConfig(
+            ConfigReader(
+                .object([
+                    "architecture": .string("ms-trans-encoder"), "vocab_size": .number(Double(vocab)),
+                    "d_model": .number(Double(dModel)), "n_layers": .number(Double(layers)), "n_heads": .number(Double(heads)),
+                    "d_ff": .number(Double(dFF)), "max_length": .number(Double(maxLength)), "cls_token_id": .number(Double(vocab - 1)),
+                    "labels": .array((0..<labels).map { .string("l\($0)") }),
+                    "layer_scales": .array(
+                        scales.map {
+                            .array(
+                                $0.map {
+                                    if case .window(let w) = $0 { .number(Double(w)) } else { .string($0.description) }
+                                })
+                        }),
+                ])))
     }
 
     /// The forward computed directly in Double, loop by loop: final states [n, D] and

@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import MSFormat
+import Testing
+
 @testable import MSModels
 
 /// The multi-scale decoders (top-down, bottom-up; Sources/MSModels/README.md). Their golden fixtures also
@@ -36,8 +37,10 @@ struct MultiScaleTests {
         let cases: [(String, [String: JSONValue?], String)] = [
             (td, ["max_positions": .number(18)], "config 'max_positions' 18 is not a multiple of pool_factor^(scales−1) = 2^2"),
             (bu, ["max_positions": .number(30)], "config 'max_positions' 30 is not a multiple of pool_factor^(scales−1) = 4^1"),
-            (td, ["layers_per_scale": .array([.number(1), .number(1)])],
-             "config 'layers_per_scale' has 2 entries; it needs one per scale ('scales' is 3)"),
+            (
+                td, ["layers_per_scale": .array([.number(1), .number(1)])],
+                "config 'layers_per_scale' has 2 entries; it needs one per scale ('scales' is 3)"
+            ),
             (td, ["scales": .number(40)], "config 'layers_per_scale' has 3 entries; it needs one per scale ('scales' is 40)"),
             (td, ["pool_factor": .number(1)], "config 'pool_factor' must be an integer ≥ 2, not 1"),
             (td, ["scales": nil], "config is missing 'scales'"),

@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import MSFormat
+import Testing
+
 @testable import MSModels
 
 /// The retina decoder (§8 c) against the PyTorch reference far past its reach, and its

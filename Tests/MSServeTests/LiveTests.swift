@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdTesting
 import MSGen
 import Testing
+
 @testable import MSServe
 
 /// Tests over a real listening socket: many clients at once, and clients that misbehave.
@@ -28,7 +29,9 @@ struct LiveTests {
     /// CST, and the baseline (whose streams also end at its context).
     @Test(arguments: RouteTests.fixtures)
     func concurrentStreamsEachGiveTheirTextAlone(fixture: String) async throws {
-        let engine = try fixtureEngine(fixture) { $0.maxSequences = 32; $0.queue = 0 }
+        let engine = try fixtureEngine(fixture) {
+            $0.maxSequences = 32; $0.queue = 0
+        }
         let alone = try (0..<32).map { try referenceText(engine.generator, "And God said", options(seed: UInt64(1000 + $0), maxTokens: 40)).text }
         try await makeApplication(engine).test(.live) { client in
             let port = try #require(client.port)
@@ -64,9 +67,11 @@ struct LiveTests {
                 c.hangUp()
                 #expect(try waitForMetric(port: port, "msgen_active_sequences") { $0 == 0 } == 0)
                 // Generation stopped: the token count no longer moves.
-                let m1 = metric(String(decoding: try RawHTTP.fetch(port: port, "GET", "/metrics").body, as: UTF8.self), "msgen_completion_tokens_total")
+                let m1 = metric(
+                    String(decoding: try RawHTTP.fetch(port: port, "GET", "/metrics").body, as: UTF8.self), "msgen_completion_tokens_total")
                 usleep(200_000)
-                let m2 = metric(String(decoding: try RawHTTP.fetch(port: port, "GET", "/metrics").body, as: UTF8.self), "msgen_completion_tokens_total")
+                let m2 = metric(
+                    String(decoding: try RawHTTP.fetch(port: port, "GET", "/metrics").body, as: UTF8.self), "msgen_completion_tokens_total")
                 #expect(m1 != nil && m1 == m2 && m1! < 1_000_000)
             }
         }
@@ -141,7 +146,9 @@ struct LiveTests {
     }
 
     @Test func overloadGives503WithRetryAfter() async throws {
-        let engine = try fixtureEngine { $0.maxSequences = 1; $0.queue = 1 }
+        let engine = try fixtureEngine {
+            $0.maxSequences = 1; $0.queue = 1
+        }
         try await makeApplication(engine).test(.live) { client in
             let port = try #require(client.port)
             try await blocking {
@@ -174,7 +181,8 @@ struct LiveTests {
                 _ = early.read()
                 early.hangUp()
                 // Invalid UTF-8 and a 100 MB body over a real socket.
-                let invalid = try RawHTTP.fetch(port: port, "POST", "/v1/completions", body: Data([0x7B, 0x22, 0x70, 0x22, 0x3A, 0x22, 0xFF, 0x22, 0x7D]))
+                let invalid = try RawHTTP.fetch(
+                    port: port, "POST", "/v1/completions", body: Data([0x7B, 0x22, 0x70, 0x22, 0x3A, 0x22, 0xFF, 0x22, 0x7D]))
                 #expect(invalid.status == 400)
                 let huge = try RawHTTP(port: port)
                 huge.request("POST", "/v1/completions", body: Data(), contentLength: 100 << 20)

@@ -4,6 +4,7 @@ import HummingbirdTesting
 import MSGen
 import NIOCore
 import Testing
+
 @testable import MSServe
 
 /// POSTs a JSON body through the router (no sockets) and returns status and body.
@@ -37,7 +38,9 @@ func options(seed: UInt64, maxTokens: Int, ignoreEOS: Bool = true) -> Generation
 
 /// Checks an OpenAI error object and returns its message.
 @discardableResult
-func expectError(_ r: (status: Int, body: Data, headers: HTTPFields), _ status: Int, param: String? = nil, sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+func expectError(
+    _ r: (status: Int, body: Data, headers: HTTPFields), _ status: Int, param: String? = nil, sourceLocation: SourceLocation = #_sourceLocation
+) throws -> String {
     #expect(r.status == status, "\(String(decoding: r.body, as: UTF8.self))", sourceLocation: sourceLocation)
     let e = try #require(try json(r.body)["error"] as? [String: Any], sourceLocation: sourceLocation)
     let message = try #require(e["message"] as? String, sourceLocation: sourceLocation)
@@ -52,7 +55,9 @@ struct RouteTests {
         try await makeApplication(engine).test(.router) { client in
             let models = try await client.execute(uri: "/v1/models", method: .get) { try json(Data(buffer: $0.body)) }
             let data = try #require(models["data"] as? [[String: Any]])
-            #expect(models["object"] as? String == "list" && data.count == 1 && data[0]["id"] as? String == "fixture" && data[0]["object"] as? String == "model")
+            #expect(
+                models["object"] as? String == "list" && data.count == 1 && data[0]["id"] as? String == "fixture"
+                    && data[0]["object"] as? String == "model")
             #expect(try await client.execute(uri: "/v1/models/fixture", method: .get) { $0.status } == .ok)
             #expect(try await client.execute(uri: "/v1/models/other", method: .get) { $0.status } == .notFound)
 
@@ -69,8 +74,10 @@ struct RouteTests {
             try expectError(try await post(client, "/tokenize", ["text": "no content key"]), 400, param: "content")
 
             let metrics = try await client.execute(uri: "/metrics", method: .get) { String(buffer: $0.body) }
-            for name in ["msgen_requests_total", "msgen_active_sequences", "msgen_queued_sequences", "msgen_cache_bytes", "msgen_prompt_tokens_total",
-                         "msgen_completion_tokens_total", "msgen_step_batch_size"] {
+            for name in [
+                "msgen_requests_total", "msgen_active_sequences", "msgen_queued_sequences", "msgen_cache_bytes", "msgen_prompt_tokens_total",
+                "msgen_completion_tokens_total", "msgen_step_batch_size",
+            ] {
                 #expect(metrics.contains(name), "\(name) missing from /metrics")
             }
             #expect(metrics.contains("msgen_requests_total{status=\"200\"}") && metrics.contains("msgen_requests_total{status=\"404\"}"))
@@ -86,7 +93,8 @@ struct RouteTests {
         let prompt = "And God said"
         let expected = try referenceText(engine.generator, prompt, options(seed: 42, maxTokens: 20))
         try await makeApplication(engine).test(.router) { client in
-            let r = try await post(client, "/v1/completions", ["prompt": prompt, "max_tokens": 20, "seed": 42, "ignore_eos": true, "model": "fixture"])
+            let r = try await post(
+                client, "/v1/completions", ["prompt": prompt, "max_tokens": 20, "seed": 42, "ignore_eos": true, "model": "fixture"])
             #expect(r.status == 200)
             let o = try json(r.body)
             #expect(o["object"] as? String == "text_completion" && (o["id"] as? String)?.hasPrefix("cmpl-") == true && o["created"] is Int)
@@ -95,8 +103,11 @@ struct RouteTests {
             #expect(choice["text"] as? String == expected.text && choice["finish_reason"] as? String == "length" && choice["index"] as? Int == 0)
             #expect(choice.keys.contains("logprobs"))
             let usage = try #require(o["usage"] as? [String: Int])
-            #expect(usage == ["prompt_tokens": engine.tokenizer.encode(prompt).count, "completion_tokens": 20,
-                              "total_tokens": engine.tokenizer.encode(prompt).count + 20])
+            #expect(
+                usage == [
+                    "prompt_tokens": engine.tokenizer.encode(prompt).count, "completion_tokens": 20,
+                    "total_tokens": engine.tokenizer.encode(prompt).count + 20,
+                ])
 
             // No seed given: the server picks one and reports it; sending it back repeats the text.
             let a = try json(try await post(client, "/v1/completions", ["prompt": prompt, "max_tokens": 20, "ignore_eos": true]).body)
@@ -115,10 +126,14 @@ struct RouteTests {
         let cut = try referenceText(engine.generator, "The", o)
         #expect(!cut.text.contains(stop) && free.text.hasPrefix(cut.text))
         try await makeApplication(engine).test(.router) { client in
-            let r = try json(try await post(client, "/v1/completions", ["prompt": "The", "max_tokens": 60, "seed": 7, "ignore_eos": true, "stop": stop]).body)
+            let r = try json(
+                try await post(client, "/v1/completions", ["prompt": "The", "max_tokens": 60, "seed": 7, "ignore_eos": true, "stop": stop]).body)
             let choice = try #require((r["choices"] as? [[String: Any]])?.first)
             #expect(choice["text"] as? String == cut.text && choice["finish_reason"] as? String == "stop")
-            let list = try json(try await post(client, "/v1/completions", ["prompt": "The", "max_tokens": 60, "seed": 7, "ignore_eos": true, "stop": [stop, "\u{1}"]]).body)
+            let list = try json(
+                try await post(
+                    client, "/v1/completions", ["prompt": "The", "max_tokens": 60, "seed": 7, "ignore_eos": true, "stop": [stop, "\u{1}"]]
+                ).body)
             #expect((list["choices"] as? [[String: Any]])?[0]["text"] as? String == cut.text)
         }
     }
@@ -131,7 +146,9 @@ struct RouteTests {
         let engine = try fixtureEngine()
         let chat = path.contains("chat")
         @Sendable func body(_ seed: Int, stream: Bool) -> [String: Any] {
-            var b: [String: Any] = ["max_tokens": 120, "seed": seed, "ignore_eos": true, "stream": stream, "temperature": 1.5, "top_k": 0, "top_p": 1, "min_p": 0]
+            var b: [String: Any] = [
+                "max_tokens": 120, "seed": seed, "ignore_eos": true, "stream": stream, "temperature": 1.5, "top_k": 0, "top_p": 1, "min_p": 0,
+            ]
             if chat { b["messages"] = [["role": "user", "content": "Grüße, café ☃"]] } else { b["prompt"] = "Grüße, café ☃" }
             return b
         }
@@ -145,7 +162,10 @@ struct RouteTests {
                 #expect(r.status == 200 && r.headers[.contentType] == "text/event-stream")
                 let s = try streamedText(r.body)
                 #expect(s.done && s.finish == "length" && s.text == wholeText)
-                #expect(s.chunks.allSatisfy { $0["seed"] as? Int == seed && $0["object"] as? String == (chat ? "chat.completion.chunk" : "text_completion") })
+                #expect(
+                    s.chunks.allSatisfy {
+                        $0["seed"] as? Int == seed && $0["object"] as? String == (chat ? "chat.completion.chunk" : "text_completion")
+                    })
                 // Only the last chunk has a finish_reason.
                 #expect(s.chunks.dropLast().allSatisfy { (($0["choices"] as? [[String: Any]])?[0]["finish_reason"]) is NSNull })
                 // A split character would show as U+FFFD in a chunk where the whole text has a real character.
@@ -166,7 +186,8 @@ struct RouteTests {
         let template = "system: Be.\nuser: Hi\nassistant:"
         let expected = try referenceText(engine.generator, template, options(seed: 3, maxTokens: 12))
         try await makeApplication(engine).test(.router) { client in
-            let o = try json(try await post(client, "/v1/chat/completions", ["messages": messages, "max_tokens": 12, "seed": 3, "ignore_eos": true]).body)
+            let o = try json(
+                try await post(client, "/v1/chat/completions", ["messages": messages, "max_tokens": 12, "seed": 3, "ignore_eos": true]).body)
             #expect(o["object"] as? String == "chat.completion" && (o["id"] as? String)?.hasPrefix("chatcmpl-") == true)
             let choice = try #require((o["choices"] as? [[String: Any]])?.first)
             let message = try #require(choice["message"] as? [String: Any])
@@ -179,7 +200,9 @@ struct RouteTests {
         let engine = try fixtureEngine()
         try await makeApplication(engine).test(.router) { client in
             // Greedy: each chosen token is the most likely one, and its logprob is the top one's.
-            let o = try json(try await post(client, "/v1/completions", ["prompt": "The", "max_tokens": 8, "temperature": 0, "logprobs": 3, "ignore_eos": true]).body)
+            let o = try json(
+                try await post(client, "/v1/completions", ["prompt": "The", "max_tokens": 8, "temperature": 0, "logprobs": 3, "ignore_eos": true])
+                    .body)
             let lp = try #require((o["choices"] as? [[String: Any]])?[0]["logprobs"] as? [String: Any])
             let tokens = try #require(lp["tokens"] as? [String]), values = try #require(lp["token_logprobs"] as? [Double])
             let tops = try #require(lp["top_logprobs"] as? [[String: Double]])
@@ -190,8 +213,14 @@ struct RouteTests {
                 #expect(top.values.reduce(0) { $0 + exp($1) } <= 1 + 1e-5)
             }
             // Chat: logprobs true + top_logprobs n.
-            let c = try json(try await post(client, "/v1/chat/completions", ["messages": [["role": "user", "content": "Hi"]], "max_tokens": 5,
-                                                                            "logprobs": true, "top_logprobs": 2, "seed": 1, "ignore_eos": true]).body)
+            let c = try json(
+                try await post(
+                    client, "/v1/chat/completions",
+                    [
+                        "messages": [["role": "user", "content": "Hi"]], "max_tokens": 5,
+                        "logprobs": true, "top_logprobs": 2, "seed": 1, "ignore_eos": true,
+                    ]
+                ).body)
             let content = try #require(((c["choices"] as? [[String: Any]])?[0]["logprobs"] as? [String: Any])?["content"] as? [[String: Any]])
             #expect(content.count == 5)
             for t in content {
@@ -207,7 +236,7 @@ struct RouteTests {
         let baseline = try fixtureEngine(baselineFixture)
         try await makeApplication(engine).test(.router) { client in
             let bad: [(Data, String?)] = [
-                (Data("{\"prompt\": \"x\",".utf8), nil),                              // malformed JSON
+                (Data("{\"prompt\": \"x\",".utf8), nil),  // malformed JSON
                 (Data([0x7B, 0x22, 0x70, 0x72, 0x6F, 0x6D, 0x70, 0x74, 0x22, 0x3A, 0x22, 0xC3, 0x28, 0x22, 0x7D]), nil),  // invalid UTF-8
                 (jsonBody(["prompt": 5]), "prompt"),
                 (jsonBody(["prompt": "x", "max_tokens": "ten"]), "max_tokens"),
@@ -233,7 +262,8 @@ struct RouteTests {
             }
             try expectError(try await post(client, "/v1/chat/completions", ["messages": []]), 400, param: "messages")
             try expectError(try await post(client, "/v1/chat/completions", ["messages": [["role": "user"]]]), 400)
-            try expectError(try await client.execute(uri: "/v1/nothing", method: .get) { (Int($0.status.code), Data(buffer: $0.body), $0.headers) }, 404)
+            try expectError(
+                try await client.execute(uri: "/v1/nothing", method: .get) { (Int($0.status.code), Data(buffer: $0.body), $0.headers) }, 404)
             // The server keeps serving.
             #expect(try await post(client, "/v1/completions", ["prompt": "x", "max_tokens": 2]).status == 200)
         }
@@ -253,8 +283,10 @@ struct RouteTests {
             let huge = Data(repeating: 0x20, count: 100 << 20)
             try expectError(try await post(client, "/v1/completions", huge), 413)
             // Without a Content-Length the same limit holds while reading.
-            let r = try await client.execute(uri: "/v1/completions", method: .post, headers: [.transferEncoding: "chunked"],
-                                             body: ByteBuffer(bytes: Data(repeating: 0x20, count: (1 << 20) + 10))) {
+            let r = try await client.execute(
+                uri: "/v1/completions", method: .post, headers: [.transferEncoding: "chunked"],
+                body: ByteBuffer(bytes: Data(repeating: 0x20, count: (1 << 20) + 10))
+            ) {
                 (Int($0.status.code), Data(buffer: $0.body), $0.headers)
             }
             try expectError(r, 413)
@@ -266,8 +298,11 @@ struct RouteTests {
         try await makeApplication(engine).test(.router) { client in
             let body = jsonBody(["prompt": "x", "max_tokens": 1])
             try expectError(try await post(client, "/v1/completions", body), 401)
-            try expectError(try await post(client, "/v1/completions", body, headers: [.contentType: "application/json", .authorization: "Bearer wrong"]), 401)
-            #expect(try await post(client, "/v1/completions", body, headers: [.contentType: "application/json", .authorization: "Bearer sesame"]).status == 200)
+            try expectError(
+                try await post(client, "/v1/completions", body, headers: [.contentType: "application/json", .authorization: "Bearer wrong"]), 401)
+            #expect(
+                try await post(client, "/v1/completions", body, headers: [.contentType: "application/json", .authorization: "Bearer sesame"]).status
+                    == 200)
             #expect(try await client.execute(uri: "/v1/models", method: .get) { $0.status } == .unauthorized)
             #expect(try await client.execute(uri: "/health", method: .get) { $0.status } == .ok)
         }

@@ -1,3 +1,4 @@
 import HummingbirdTesting
 import XCTest
+
 @testable import MSServe

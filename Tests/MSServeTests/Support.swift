@@ -4,9 +4,11 @@ import MSGen
 import MSModels
 import MSTokenizer
 import Synchronization
+
 @testable import MSServe
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A generator over a golden fixture model (random weights, real byte-level tokenizer:
@@ -15,7 +17,8 @@ func fixtureGenerator(_ name: String = "cst_a3_shared_untied_gelutanh_full") thr
     let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/golden/\(name)").path
     let ckpt = try Checkpoint.load(path: dir)
-    let model = try Architectures.languageModel(config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
+    let model = try Architectures.languageModel(
+        config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
     return Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
 }
 
@@ -30,7 +33,9 @@ func fixtureEngine(_ name: String = "cst_a3_shared_untied_gelutanh_full", config
 }
 
 func json(_ data: Data) throws -> [String: Any] {
-    guard let o = try JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw TestFailure("not a JSON object: \(String(decoding: data, as: UTF8.self))") }
+    guard let o = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        throw TestFailure("not a JSON object: \(String(decoding: data, as: UTF8.self))")
+    }
     return o
 }
 
@@ -81,7 +86,9 @@ final class RawHTTP {
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
         guard r == 0 else { close(fd); throw TestFailure("connect failed") }
     }
 

@@ -1,7 +1,7 @@
 import Foundation
-import Testing
 import MSFormat
 import MSTokenizer
+import Testing
 
 /// GPT-2 checkpoints that ship vocab.json + merges.txt instead of tokenizer.json: the
 /// tokenizer.json msgen builds from them encodes exactly as HF tokenizers does when it
@@ -29,14 +29,16 @@ struct GPT2VocabTests {
     @Test func isTheTokenizerJSONHuggingFaceMakes() throws {
         // HF tokenizers' own to_str() for BPE.from_file(vocab.json, merges.txt), set up as
         // transformers' GPT2Converter does: the same JSON value, key for key.
-        let ours = try JSONSerialization.jsonObject(with: Data(GPT2.tokenizerJSON(vocab: file("vocab.json"), merges: file("merges.txt"), what: "v").utf8))
+        let ours = try JSONSerialization.jsonObject(
+            with: Data(GPT2.tokenizerJSON(vocab: file("vocab.json"), merges: file("merges.txt"), what: "v").utf8))
         let theirs = try JSONSerialization.jsonObject(with: file("hf_tokenizer.json"))
         #expect((ours as! NSDictionary).isEqual(theirs as! NSDictionary))
     }
 
     @Test func matchesTheTokenizerJSONItCameFrom() throws {
         // vocab.json + merges.txt were cut out of the gpt2 fixture's tokenizer.json.
-        let original = try BPETokenizer(json: String(contentsOf: Fixtures.testsDir.appendingPathComponent("Fixtures/gpt2/tokenizer.json"), encoding: .utf8))
+        let original = try BPETokenizer(
+            json: String(contentsOf: Fixtures.testsDir.appendingPathComponent("Fixtures/gpt2/tokenizer.json"), encoding: .utf8))
         let rebuilt = try tokenizer()
         #expect(rebuilt.vocabSize == original.vocabSize)
         for text in ["In the beginning God created the heaven and the earth.", "x <|endoftext|> y", "  \n\t 123 ünïcode"] {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import MSTokenizer
 
 /// Ids must equal those of Hugging Face tokenizers for every recorded case.
@@ -42,8 +43,9 @@ import Testing
         let pre = "caf\u{E9}", post = "cafe\u{301}"
         #expect(pre == post)  // Swift says equal…
         #expect(tok.encode(pre) != tok.encode(post))  // …the tokenizer must not
-        let recorded = Dictionary(try Fixtures.cases("extra_cases.json").map { (Array($0.text.unicodeScalars.map(\.value)), $0.ids) },
-                                  uniquingKeysWith: { a, _ in a })
+        let recorded = Dictionary(
+            try Fixtures.cases("extra_cases.json").map { (Array($0.text.unicodeScalars.map(\.value)), $0.ids) },
+            uniquingKeysWith: { a, _ in a })
         for text in ["\u{E9}", "e\u{301}", "caf\u{E9} cafe\u{301}", "\u{C5}ngstr\u{F6}m \u{212B}ngstro\u{308}m"] {
             let ids = try #require(recorded[text.unicodeScalars.map(\.value)], "missing fixture for \(visible(text))")
             #expect(tok.encode(text) == ids, "\(visible(text))")
@@ -114,9 +116,11 @@ import Testing
 
 /// A minimal byte-level tokenizer.json: the 256 byte symbols (ids 0-255), then "ab" (259)
 /// and "abc" (260) when the merges name them, "<|endoftext|>" as 256.
-func tokenizerJSON(merges: String, pre: String = #"{"type": "ByteLevel", "add_prefix_space": false}"#,
-                   normalizer: String = "null", decoder: String = #"{"type": "ByteLevel"}"#,
-                   post: String = "null") -> String {
+func tokenizerJSON(
+    merges: String, pre: String = #"{"type": "ByteLevel", "add_prefix_space": false}"#,
+    normalizer: String = "null", decoder: String = #"{"type": "ByteLevel"}"#,
+    post: String = "null"
+) -> String {
     var vocab: [String] = []
     for b in 0..<256 {
         let s = ByteLevel.string(of: [UInt8(b)])
@@ -124,10 +128,10 @@ func tokenizerJSON(merges: String, pre: String = #"{"type": "ByteLevel", "add_pr
     }
     vocab += [#""<|endoftext|>": 256"#, #""xx": 257"#, #""yy": 258"#, #""ab": 259"#, #""abc": 260"#]
     return """
-    {"version": "1.0", "added_tokens": [{"id": 256, "content": "<|endoftext|>", "special": true, "normalized": false}],
-     "normalizer": \(normalizer), "pre_tokenizer": \(pre), "post_processor": \(post), "decoder": \(decoder),
-     "model": {"type": "BPE", "vocab": {\(vocab.joined(separator: ", "))}, "merges": \(merges)}}
-    """
+        {"version": "1.0", "added_tokens": [{"id": 256, "content": "<|endoftext|>", "special": true, "normalized": false}],
+         "normalizer": \(normalizer), "pre_tokenizer": \(pre), "post_processor": \(post), "decoder": \(decoder),
+         "model": {"type": "BPE", "vocab": {\(vocab.joined(separator: ", "))}, "merges": \(merges)}}
+        """
 }
 
 func jsonQuoted(_ s: String) -> String {

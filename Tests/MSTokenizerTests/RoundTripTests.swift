@@ -1,11 +1,13 @@
-import Testing
 import MSTokenizer
+import Testing
 
 /// Random text of arbitrary scalars, biased towards what tokenizers get wrong: whitespace
 /// runs of every kind, combining marks, emoji with joiners, CJK, controls, U+FFFD.
 func randomText(_ rng: inout SeededRNG, maxScalars: Int = 48) -> String {
-    let whitespace: [UInt32] = [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2000, 0x200A, 0x2028,
-                                0x2029, 0x202F, 0x205F, 0x3000, 0x180E, 0x200B, 0xFEFF]
+    let whitespace: [UInt32] = [
+        0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, 0x2000, 0x200A, 0x2028,
+        0x2029, 0x202F, 0x205F, 0x3000, 0x180E, 0x200B, 0xFEFF,
+    ]
     var s = String.UnicodeScalarView()
     for _ in 0..<Int.random(in: 0...maxScalars, using: &rng) {
         let v: UInt32
@@ -43,8 +45,10 @@ func randomText(_ rng: inout SeededRNG, maxScalars: Int = 48) -> String {
 
     @Test func longInputs() {
         // Long pieces exercise the merge heap; a long run must not be quadratic.
-        for text in [String(repeating: " ", count: 100_000), String(repeating: "a", count: 100_000),
-                     String(repeating: "\u{301}", count: 20_000), String(repeating: "ab 12 ", count: 20_000)] {
+        for text in [
+            String(repeating: " ", count: 100_000), String(repeating: "a", count: 100_000),
+            String(repeating: "\u{301}", count: 20_000), String(repeating: "ab 12 ", count: 20_000),
+        ] {
             #expect(tok.decode(tok.encode(text)) == Array(text.utf8))
         }
     }

@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import MSTokenizer
+import Testing
 
 /// The whole KJV Bible (tools/data/kjv, made by msgen_tools.corpus), or the fixture texts
 /// repeated when that is absent, encodes and decodes back to the same bytes; the encoding
@@ -18,9 +18,9 @@ import MSTokenizer
             text = String(repeating: lines + "\n", count: 200)
         }
         #if DEBUG
-        let (build, runs) = ("debug build", 1)
+            let (build, runs) = ("debug build", 1)
         #else
-        let (build, runs) = ("release build", 3)
+            let (build, runs) = ("release build", 3)
         #endif
         let tok = Fixtures.tokenizer
         var best = Double.infinity
@@ -33,7 +33,8 @@ import MSTokenizer
         let count = ids.count
         #expect(count > 0)
         #expect(tok.decode(ids) == Array(text.utf8))
-        print("encode \(source): \(text.utf8.count) bytes -> \(count) tokens in \(String(format: "%.3f", best)) s"
-              + " = \(String(format: "%.2f", Double(count) / best / 1e6)) M tokens/s (\(build), one thread)")
+        print(
+            "encode \(source): \(text.utf8.count) bytes -> \(count) tokens in \(String(format: "%.3f", best)) s"
+                + " = \(String(format: "%.2f", Double(count) / best / 1e6)) M tokens/s (\(build), one thread)")
     }
 }

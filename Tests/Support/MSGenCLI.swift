@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs the msgen binary built beside the tests, as a user would: arguments, stdin, and
@@ -29,9 +30,11 @@ public enum MSGenCLI {
     /// guessing at a delay). `environment` replaces the environment, `directory` is the
     /// working directory. A run still going after `timeout` seconds is killed (status 9),
     /// so that a test that fails by hanging ends anyway.
-    public static func run(_ args: [String], stdin: Data = Data(), signalAfter: Int? = nil, closeStdoutAfter: Int? = nil,
-                           interruptOnceHandled: Bool = false, environment: [String: String]? = nil, directory: String? = nil,
-                           executable: String? = nil, timeout: Double = 600) throws -> Result {
+    public static func run(
+        _ args: [String], stdin: Data = Data(), signalAfter: Int? = nil, closeStdoutAfter: Int? = nil,
+        interruptOnceHandled: Bool = false, environment: [String: String]? = nil, directory: String? = nil,
+        executable: String? = nil, timeout: Double = 600
+    ) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable ?? binary)
         p.arguments = args
@@ -77,8 +80,9 @@ public enum MSGenCLI {
     /// Whether the process has a handler for SIGINT (bit 1 of SigCgt in /proc/PID/status).
     static func catchesSIGINT(_ pid: Int32) -> Bool {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigCgt:") }),
-              let mask = UInt64(line.dropFirst("SigCgt:".count).trimmingCharacters(in: .whitespaces), radix: 16) else { return false }
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigCgt:") }),
+            let mask = UInt64(line.dropFirst("SigCgt:".count).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { return false }
         return mask & (1 << (SIGINT - 1)) != 0
     }
 }
