@@ -72,8 +72,10 @@ public struct Sampler: Sendable {
 
     /// The token ids that survive top-k, top-p and min-p (steps 3–5), highest first.
     public static func candidates(_ l: [Float], topK: Int, topP: Float, minP: Float) -> [Int] {
-        var ids = Array(l.indices).sorted { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }
-        if topK > 0 && topK < ids.count { ids.removeSubrange(topK...) }
+        var ids =
+            topK > 0 && topK < l.count
+            ? largest(topK, of: l)
+            : Array(l.indices).sorted { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }
         let m = l[ids[0]]
         let e = ids.map { Double(l[$0] - m).exp }
         let total = e.reduce(0, +)
@@ -91,6 +93,23 @@ public struct Sampler: Sendable {
             ids.removeSubrange(max(keep, 1)...)
         }
         return ids
+    }
+}
+
+extension Sampler {
+    /// The ids of the k largest logits, largest first (ties: the smaller id first), in one
+    /// pass with a sorted list of k: sorting the whole vocabulary for every token of every
+    /// sequence was most of a batched server step's time.
+    static func largest(_ k: Int, of l: [Float]) -> [Int] {
+        var best: [Int] = []
+        best.reserveCapacity(k + 1)
+        for i in l.indices where best.count < k || l[i] > l[best[k - 1]] {
+            var at = best.count
+            while at > 0 && l[best[at - 1]] < l[i] { at -= 1 }
+            best.insert(i, at: at)
+            if best.count > k { best.removeLast() }
+        }
+        return best
     }
 }
 

@@ -25,6 +25,16 @@ struct SamplerTests {
         #expect(Set(kept) == Set(l.indices.filter { l[$0] >= threshold }))
     }
 
+    /// The one-pass top-k gives exactly the first k of the full sort (largest first, ties
+    /// broken by the smaller id), including with many ties.
+    @Test(arguments: [1, 2, 40, 299, 300])
+    func largestKEqualsTheSortsPrefix(k: Int) {
+        var rng = SplitMix64(seed: UInt64(k))
+        let l = (0..<300).map { _ in Float(rng.next() % 17) }  // 17 values: many ties
+        let sorted = l.indices.sorted { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }
+        #expect(Sampler.largest(k, of: l) == Array(sorted.prefix(k)))
+    }
+
     @Test(arguments: [0.1, 0.5, 0.9, 0.95, 0.999])
     func topPKeepsTheSmallestSetReachingP(p: Double) {
         let l = Self.logits(200, seed: 7)
