@@ -33,11 +33,14 @@ let package = Package(
         .target(name: "MSTokenizer", dependencies: ["MSFormat"]),
         .target(name: "MSModels", dependencies: ["MSFormat", "MSKernels"], exclude: ["README.md"]),
         .target(name: "MSGen", dependencies: ["MSFormat", "MSKernels", "MSModels", "MSTokenizer"]),
+        // msgen serve's request bodies, decoded and checked: no Hummingbird, so that the
+        // fuzz target `http` links them without building the HTTP stack with sanitizers.
+        .target(name: "MSServeRequests", dependencies: ["MSGen"]),
         // msgen serve: an OpenAI-compatible HTTP server over one copy of the weights.
         .target(
             name: "MSServe",
             dependencies: [
-                "MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen",
+                "MSFormat", "MSKernels", "MSModels", "MSTokenizer", "MSGen", "MSServeRequests",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -62,7 +65,7 @@ let package = Package(
         .testTarget(name: "MSTokenizerTests", dependencies: ["MSTokenizer", "MSGen"]),
         .testTarget(
             name: "MSServeTests",
-            dependencies: ["MSServe", "MSGen", "MSModels", "MSFormat", "MSTokenizer", .product(name: "HummingbirdTesting", package: "hummingbird")]
+            dependencies: ["MSServe", "MSServeRequests", "MSGen", "MSModels", "MSFormat", "MSTokenizer", .product(name: "HummingbirdTesting", package: "hummingbird")]
         ),
         // Fuzzing (Tests/Fuzz/README.md): the entry functions are an ordinary library, so
         // that `swift test` replays every committed crash input through the same code.
@@ -71,7 +74,7 @@ let package = Package(
         // ordinary build never sees a file without `main`.
         .target(
             name: "MSFuzzEntries",
-            dependencies: ["MSFormat", "MSModels", "MSTokenizer", .product(name: "ZIPFoundation", package: "ZIPFoundation")],
+            dependencies: ["MSFormat", "MSModels", "MSTokenizer", "MSServeRequests", .product(name: "ZIPFoundation", package: "ZIPFoundation")],
             path: "Tests/Fuzz/Entries"
         ),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["MSFuzzEntries"], path: "Tests/Fuzz/Regression"),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes msgen's parsers with libFuzzer + AddressSanitizer (Tests/Fuzz/README.md).
 #
-#   tools/fuzz.sh TARGET SECONDS     one target (msz safetensors torch tokenizer config bpe detok)
+#   tools/fuzz.sh TARGET SECONDS     one target (msz safetensors torch tokenizer config bpe detok http)
 #   tools/fuzz.sh all SECONDS        every target in turn, SECONDS each
 #   tools/fuzz.sh build              only build the fuzz binaries
 #
@@ -20,14 +20,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/opt/swift/usr/bin"
 
-targets=(msz safetensors torch tokenizer config bpe detok)
+targets=(msz safetensors torch tokenizer config bpe detok http)
 scratch=.build-fuzz
 bin=$scratch/bin
 
 build() {
     swift build -q --scratch-path "$scratch" --target MSFuzzEntries -Xswiftc -sanitize=fuzzer,address
     local b=$scratch/x86_64-unknown-linux-gnu/debug objs=()
-    for m in MSFormat MSModels MSKernels MSTokenizer ZIPFoundation CVector MSFuzzEntries; do objs+=("$b/$m.build"/*.o); done
+    for m in MSFormat MSModels MSKernels MSTokenizer MSGen MSServeRequests ZIPFoundation CVector MSFuzzEntries; do objs+=("$b/$m.build"/*.o); done
     mkdir -p "$bin"
     for t in "${targets[@]}"; do
         # lld: gold fails on the sanitizer objects' debug info ("internal error in format_file_lineno").
@@ -74,6 +74,13 @@ sys.stdout.buffer.write(z.read(min((n for n in z.namelist() if n.endswith("data.
         # 3 bytes per id after one flag byte: runs of ids inside and outside the vocabulary.
         head -c 3001 Tests/Fixtures/perplexity/psalm.txt > "$dir/text"
         printf '\1\0\0\020\0\020\001\0\020\002\0\020' > "$dir/small" ;;
+    http)
+        # The bodies the router tests post (RouteTests' post() writes each one, behind its
+        # route byte, when MSGEN_FUZZ_SEEDS is set), plus two they do not send.
+        [ -d .build/debug ] && ls .build/debug/*.xctest >/dev/null 2>&1 || swift build -q --build-tests
+        MSGEN_FUZZ_SEEDS="$PWD/$dir" swift test -q --skip-build --filter MSServeTests.RouteTests >/dev/null 2>&1 || true
+        printf '\3{"tokens": [0, 1, 50256]}' > "$dir/detok"
+        printf '\1{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "stop": "x", "top_logprobs": 2, "logprobs": true}' > "$dir/chat-parts" ;;
     esac
 }
 

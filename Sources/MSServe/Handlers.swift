@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import MSGen
+import MSServeRequests
 import MSTokenizer
 import NIOCore
 
@@ -13,20 +14,19 @@ struct Handlers: Sendable {
 
     func completions(_ request: Request, context: BasicRequestContext) async throws -> Response {
         var request = request
-        let body = try await decodeBody(CompletionRequest.self, from: &request)
-        if body.echo == true { throw APIError.badRequest("'echo' is not supported", param: "echo") }
-        let top = try checkTopLogprobs(body.logprobs, param: "logprobs")
-        let job = try makeJob(prompt: body.prompt, common: body.common, topLogprobs: top, wantsLogprobs: body.logprobs != nil, chat: false)
-        return try await run(job, request: request)
+        let checked = try ServeRequests.completion(try await readBody(&request), limits: limits)
+        return try await run(makeJob(checked), request: request)
     }
 
     func chat(_ request: Request, context: BasicRequestContext) async throws -> Response {
         var request = request
-        let body = try await decodeBody(ChatRequest.self, from: &request)
-        guard !body.messages.isEmpty else { throw APIError.badRequest("'messages' is empty", param: "messages") }
-        let top = try checkTopLogprobs(body.topLogprobs, param: "top_logprobs")
-        let job = try makeJob(prompt: body.prompt, common: body.common, topLogprobs: top, wantsLogprobs: body.logprobs == true, chat: true)
-        return try await run(job, request: request)
+        let checked = try ServeRequests.chat(try await readBody(&request), limits: limits)
+        return try await run(makeJob(checked), request: request)
+    }
+
+    /// What the request checks need to know of this server.
+    private var limits: RequestLimits {
+        RequestLimits(modelName: engine.modelName, maxTokensLimit: engine.options.maxTokensLimit, vocabSize: engine.tokenizer.vocabSize)
     }
 
     /// One generation request, checked and tokenized.
@@ -40,50 +40,14 @@ struct Handlers: Sendable {
         let wantsLogprobs: Bool
     }
 
-    private func makeJob(prompt: String, common c: CommonOptions, topLogprobs: Int, wantsLogprobs: Bool, chat: Bool) throws -> Job {
-        if let model = c.model, !model.isEmpty, model != engine.modelName {
-            throw APIError.badRequest("unknown model '\(model)'; this server serves '\(engine.modelName)'", param: "model", code: "model_not_found")
-        }
-        if let n = c.n, n != 1 { throw APIError.badRequest("only n = 1 is supported", param: "n") }
-        for (name, v) in [("frequency_penalty", c.frequencyPenalty), ("presence_penalty", c.presencePenalty)] where (v ?? 0) != 0 {
-            throw APIError.badRequest("'\(name)' is not supported (use repeat_penalty)", param: name)
-        }
-        guard !prompt.isEmpty else { throw APIError.badRequest("the prompt is empty", param: chat ? "messages" : "prompt") }
-        var o = GenerationOptions()
-        o.maxTokens = c.maxTokens ?? c.maxCompletionTokens ?? o.maxTokens
-        try require(
-            o.maxTokens >= 0 && o.maxTokens <= engine.options.maxTokensLimit,
-            "'max_tokens' must be in 0…\(engine.options.maxTokensLimit)", "max_tokens")
-        o.ignoreEOS = c.ignoreEos ?? false
-        o.stop = c.stop?.values ?? []
-        try require(o.stop.count <= 16, "at most 16 stop strings", "stop")
-        o.logprobs = topLogprobs
-        var s = SamplerOptions()
-        s.temperature = c.temperature ?? s.temperature
-        s.topK = c.topK ?? s.topK
-        s.topP = c.topP ?? s.topP
-        s.minP = c.minP ?? s.minP
-        s.repeatPenalty = c.repeatPenalty ?? s.repeatPenalty
-        // The same ranges as msgen generate's options (DESIGN §6).
-        try require(s.temperature >= 0 && s.temperature.isFinite, "'temperature' must be ≥ 0", "temperature")
-        try require(s.topK >= 0, "'top_k' must be ≥ 0", "top_k")
-        try require(s.topP > 0 && s.topP <= 1, "'top_p' must be in (0, 1]", "top_p")
-        try require(s.minP >= 0 && s.minP <= 1, "'min_p' must be in [0, 1]", "min_p")
-        try require(s.repeatPenalty > 0 && s.repeatPenalty.isFinite, "'repeat_penalty' must be > 0", "repeat_penalty")
-        s.seed = c.seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
-        o.sampler = s
-        let ids = engine.tokenizer.encode(prompt)
-        let prefix = chat ? "chatcmpl-" : "cmpl-"
+    /// A checked request, tokenized and named.
+    private func makeJob(_ g: CheckedGeneration) -> Job {
+        let ids = engine.tokenizer.encode(g.prompt)
+        let prefix = g.chat ? "chatcmpl-" : "cmpl-"
         return Job(
             id: prefix + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(24),
-            created: Int(Date().timeIntervalSince1970), prompt: ids, options: o,
-            stream: c.stream ?? false, chat: chat, wantsLogprobs: wantsLogprobs)
-    }
-
-    private func checkTopLogprobs(_ n: Int?, param: String) throws -> Int {
-        let n = n ?? 0
-        try require(n >= 0 && n <= 20, "'\(param)' must be in 0…20", param)
-        return n
+            created: Int(Date().timeIntervalSince1970), prompt: ids, options: g.options,
+            stream: g.stream, chat: g.chat, wantsLogprobs: g.wantsLogprobs)
     }
 
     private func run(_ job: Job, request: Request) async throws -> Response {
@@ -191,7 +155,7 @@ struct Handlers: Sendable {
 
     func tokenize(_ request: Request, context: BasicRequestContext) async throws -> Response {
         var request = request
-        let body = try await decodeBody(TokenizeRequest.self, from: &request)
+        let body = try ServeRequests.tokenize(try await readBody(&request))
         let ids = engine.tokenizer.encode(body.content)
         let pieces = ids.map { String(decoding: engine.tokenizer.tokenBytes($0), as: UTF8.self) }
         return json(try Wire.encoder().encode(TokenizeResponse(tokens: ids, pieces: pieces)))
@@ -199,25 +163,20 @@ struct Handlers: Sendable {
 
     func detokenize(_ request: Request, context: BasicRequestContext) async throws -> Response {
         var request = request
-        let body = try await decodeBody(DetokenizeRequest.self, from: &request)
-        let vocab = engine.tokenizer.vocabSize
-        if let bad = body.tokens.first(where: { $0 < 0 || $0 >= vocab }) {
-            throw APIError.badRequest("token id \(bad) is outside the vocabulary (0…\(vocab - 1))", param: "tokens")
-        }
+        let body = try ServeRequests.detokenize(try await readBody(&request), limits: limits)
         let text = String(decoding: engine.tokenizer.decode(body.tokens, skipSpecial: true), as: UTF8.self)
         return json(try Wire.encoder().encode(DetokenizeResponse(content: text)))
     }
 
     // MARK: Helpers
 
-    /// The request's JSON body, at most `maxBodyBytes`: 413 past that, 400 for a body that
-    /// is cut short, not JSON, or of the wrong shape.
-    private func decodeBody<T: Decodable>(_ type: T.Type, from request: inout Request) async throws -> T {
+    /// The request's body, at most `maxBodyBytes`: 413 past that, 400 for a body that is
+    /// cut short. ServeRequests decodes and checks it.
+    private func readBody(_ request: inout Request) async throws -> Data {
         let limit = engine.options.maxBodyBytes
         if let length = request.headers[.contentLength].flatMap(Int.init), length > limit { throw APIError.tooLarge(limit: limit) }
-        let buffer: ByteBuffer
         do {
-            buffer = try await request.collectBody(upTo: limit)
+            return Data(buffer: try await request.collectBody(upTo: limit))
         } catch is NIOTooManyBytesError {
             throw APIError.tooLarge(limit: limit)
         } catch let e as HTTPError where e.status == .contentTooLarge {
@@ -225,58 +184,9 @@ struct Handlers: Sendable {
         } catch {
             throw APIError.badRequest("the request body could not be read: \(error)")
         }
-        do {
-            return try Wire.decoder().decode(T.self, from: Data(buffer: buffer))
-        } catch let e as APIError {
-            throw e
-        } catch let e as DecodingError {
-            throw Self.describe(e)
-        } catch {
-            throw APIError.badRequest("the body is not valid JSON: \(error)")
-        }
-    }
-
-    /// One line for what was wrong with a JSON body, naming the field.
-    static func describe(_ e: DecodingError) -> APIError {
-        // The message names the whole path ("messages[1].content"), param the request's field.
-        func field(_ c: DecodingError.Context, _ last: CodingKey? = nil) -> String? {
-            (c.codingPath + (last.map { [$0] } ?? [])).first.map { Wire.snake($0.stringValue) }
-        }
-        func path(_ c: DecodingError.Context, _ last: CodingKey? = nil) -> String {
-            let keys = c.codingPath + (last.map { [$0] } ?? [])
-            return keys.map { $0.intValue.map { "[\($0)]" } ?? Wire.snake($0.stringValue) }.joined(separator: ".").replacingOccurrences(
-                of: ".[", with: "[")
-        }
-        switch e {
-        case .keyNotFound(let key, let c):
-            return .badRequest("missing '\(path(c, key))'", param: field(c, key))
-        case .typeMismatch(let type, let c), .valueNotFound(let type, let c):
-            return .badRequest("'\(path(c))' must be \(describe(type))", param: field(c))
-        case .dataCorrupted(let c) where c.codingPath.isEmpty:
-            return .badRequest("the body is not valid JSON (UTF-8)")
-        case .dataCorrupted(let c):
-            return .badRequest("'\(path(c))' has a bad value: \(c.debugDescription)", param: field(c))
-        @unknown default:
-            return .badRequest("the body has the wrong shape")
-        }
-    }
-
-    private static func describe(_ type: Any.Type) -> String {
-        switch type {
-        case is String.Type: return "a string"
-        case is Bool.Type: return "a boolean"
-        case is Int.Type, is UInt64.Type: return "an integer (in range)"
-        case is Float.Type, is Double.Type: return "a number"
-        case is StringOrList.Type: return "a string or a list of strings"
-        default: return "of another type (\(type))"
-        }
     }
 
     private func json(_ data: Data) -> Response {
         Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
-}
-
-private func require(_ ok: Bool, _ message: String, _ param: String) throws {
-    if !ok { throw APIError.badRequest(message, param: param) }
 }

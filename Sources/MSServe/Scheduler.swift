@@ -1,5 +1,6 @@
 import Foundation
 import MSGen
+import MSServeRequests
 import MSModels
 import MSTokenizer
 import Synchronization

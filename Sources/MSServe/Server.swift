@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import Logging
 import MSGen
+import MSServeRequests
 import MSModels
 import MSTokenizer
 import ServiceLifecycle

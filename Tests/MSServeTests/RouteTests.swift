@@ -11,13 +11,24 @@ import Testing
 func post(_ client: some TestClientProtocol, _ path: String, _ body: Data, headers: HTTPFields = [.contentType: "application/json"]) async throws
     -> (status: Int, body: Data, headers: HTTPFields)
 {
-    try await client.execute(uri: path, method: .post, headers: headers, body: ByteBuffer(bytes: body)) { r in
+    recordFuzzSeed(path, body)
+    return try await client.execute(uri: path, method: .post, headers: headers, body: ByteBuffer(bytes: body)) { r in
         (Int(r.status.code), Data(buffer: r.body), r.headers)
     }
 }
 
 func post(_ client: some TestClientProtocol, _ path: String, _ object: [String: Any]) async throws -> (status: Int, body: Data, headers: HTTPFields) {
     try await post(client, path, jsonBody(object))
+}
+
+/// With MSGEN_FUZZ_SEEDS=DIR (tools/fuzz.sh's seeds for the `http` target), each body
+/// posted is also written to DIR behind one byte naming its route, as FuzzTarget.http reads it.
+func recordFuzzSeed(_ path: String, _ body: Data) {
+    guard let dir = ProcessInfo.processInfo.environment["MSGEN_FUZZ_SEEDS"],
+        let route = ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"].firstIndex(of: path)
+    else { return }
+    let name = "\(route)-" + String(UInt64(truncatingIfNeeded: (Data([UInt8(route)]) + body).hashValue), radix: 16)
+    FileManager.default.createFile(atPath: dir + "/" + name, contents: Data([UInt8(route)]) + body)
 }
 
 /// The text msgen's single-sequence Generator gives for this prompt and options: what the

@@ -1,6 +1,7 @@
 import Foundation
 import MSFormat
 import MSModels
+import MSServeRequests
 import MSTokenizer
 import ZIPFoundation
 
@@ -9,9 +10,7 @@ import ZIPFoundation
 /// every committed crash input: a parser may accept an input or throw `MSGenError`; any
 /// other outcome (a trap, a hang, another error type, a broken invariant) is a bug.
 public enum FuzzTarget: String, CaseIterable, Sendable {
-    case msz, safetensors, torch, tokenizer, config, bpe, detok
-    // To add the HTTP request decoding of `msgen serve`: a case here, its body in `run`,
-    // a file Tests/Fuzz/Targets/http.swift like the others, and seeds in tools/fuzz.sh.
+    case msz, safetensors, torch, tokenizer, config, bpe, detok, http
 
     /// Runs one input. Returns normally when the parser accepted it or refused it with a
     /// clear error; traps (so that libFuzzer reports it) on anything else.
@@ -25,9 +24,13 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             case .config: try Self.config(data)
             case .bpe: Self.bpe(data)
             case .detok: Self.detok(data)
+            case .http: try Self.http(data)
             }
         } catch is MSGenError {
             // A clear refusal: what a damaged or hostile file should get.
+        } catch let e as APIError {
+            // msgen serve's refusal of a body: a 400 naming what is wrong.
+            precondition(e.status == 400 && !e.message.isEmpty, "a body refused with \(e.status): \(e.message)")
         } catch {
             fatalError("\(self) threw \(type(of: error)), not MSGenError: \(error)")
         }
@@ -93,6 +96,28 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         text += stream.finish()
         let whole = String(decoding: fixtureTokenizer.decode(ids, skipSpecial: skip), as: UTF8.self)
         precondition(text == whole, "the streamed text differs from the whole decoding")
+    }
+
+    /// A request body of `msgen serve`, through the functions its handlers call. Byte 0
+    /// picks the route (mod 4: /v1/completions, /v1/chat/completions, /tokenize,
+    /// /detokenize), the rest is the body. A body accepted must hold options in range.
+    static func http(_ data: [UInt8]) throws {
+        guard let route = data.first else { return }
+        let body = Data(data.dropFirst())
+        let limits = RequestLimits(modelName: "fuzz", maxTokensLimit: 1 << 20, vocabSize: 50257)
+        switch route % 4 {
+        case 0, 1:
+            let g = try route % 4 == 0 ? ServeRequests.completion(body, limits: limits) : ServeRequests.chat(body, limits: limits)
+            let o = g.options, s = o.sampler
+            precondition(!g.prompt.isEmpty && o.maxTokens >= 0 && o.maxTokens <= limits.maxTokensLimit && o.stop.count <= 16, "accepted out of range")
+            precondition(o.logprobs >= 0 && o.logprobs <= 20, "accepted logprobs out of range")
+            precondition(s.temperature >= 0 && s.temperature.isFinite && s.topK >= 0 && s.topP > 0 && s.topP <= 1, "accepted a sampler out of range")
+            precondition(s.minP >= 0 && s.minP <= 1 && s.repeatPenalty > 0 && s.repeatPenalty.isFinite, "accepted a sampler out of range")
+        case 2: _ = try ServeRequests.tokenize(body)
+        default:
+            let r = try ServeRequests.detokenize(body, limits: limits)
+            precondition(r.tokens.allSatisfy { $0 >= 0 && $0 < limits.vocabSize }, "accepted an id outside the vocabulary")
+        }
     }
 
     // MARK: Helpers
