@@ -65,7 +65,10 @@ let package = Package(
         .testTarget(name: "MSTokenizerTests", dependencies: ["MSTokenizer", "MSGen"]),
         .testTarget(
             name: "MSServeTests",
-            dependencies: ["MSServe", "MSServeRequests", "MSGen", "MSModels", "MSFormat", "MSTokenizer", .product(name: "HummingbirdTesting", package: "hummingbird")]
+            dependencies: [
+                "MSServe", "MSServeRequests", "MSGen", "MSModels", "MSFormat", "MSTokenizer",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
         ),
         // Fuzzing (Tests/Fuzz/README.md): the entry functions are an ordinary library, so
         // that `swift test` replays every committed crash input through the same code.

@@ -1,7 +1,7 @@
 import Foundation
 import MSGen
-import MSServeRequests
 import MSModels
+import MSServeRequests
 import MSTokenizer
 import Synchronization
 

@@ -2,8 +2,8 @@ import Foundation
 import Hummingbird
 import Logging
 import MSGen
-import MSServeRequests
 import MSModels
+import MSServeRequests
 import MSTokenizer
 import ServiceLifecycle
 

@@ -12,7 +12,8 @@ struct RequestTests {
     }
 
     @Test func aChatBodyBecomesThePlainTemplateAndItsOptions() throws {
-        let body = #"{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]}], "max_tokens": 7, "stop": "x", "top_logprobs": 2, "logprobs": true, "seed": 5}"#
+        let body =
+            #"{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]}], "max_tokens": 7, "stop": "x", "top_logprobs": 2, "logprobs": true, "seed": 5}"#
         let g = try ServeRequests.chat(Data(body.utf8), limits: limits)
         #expect(g.prompt == "system: be brief\nuser: hi\nassistant:")
         #expect(g.options.maxTokens == 7 && g.options.stop == ["x"] && g.options.logprobs == 2 && g.options.sampler.seed == 5)
