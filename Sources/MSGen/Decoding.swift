@@ -132,14 +132,7 @@ public struct Decoding: Sendable {
         let lse = Kernels.logSumExp(logits.baseAddress!, count: logits.count)
         let lp = { (i: Int) in Float(Double(logits[i]) - lse) }
         guard n > 0 else { return (lp(id), []) }
-        // A running best-n list: n is small (a handful), the vocabulary large.
-        var best: [Int] = []
-        for i in logits.indices where best.count < n || logits[i] > logits[best[best.count - 1]] {
-            var at = best.count
-            while at > 0 && logits[best[at - 1]] < logits[i] { at -= 1 }
-            best.insert(i, at: at)
-            if best.count > n { best.removeLast() }
-        }
+        let best = Sampler.largest(n, of: logits)
         return (lp(id), best.map { TokenLogprob(id: $0, logprob: lp($0)) })
     }
 }

@@ -100,7 +100,7 @@ extension Sampler {
     /// The ids of the k largest logits, largest first (ties: the smaller id first), in one
     /// pass with a sorted list of k: sorting the whole vocabulary for every token of every
     /// sequence was most of a batched server step's time.
-    static func largest(_ k: Int, of l: [Float]) -> [Int] {
+    static func largest<C: RandomAccessCollection>(_ k: Int, of l: C) -> [Int] where C.Element == Float, C.Index == Int {
         var best: [Int] = []
         best.reserveCapacity(k + 1)
         for i in l.indices where best.count < k || l[i] > l[best[k - 1]] {
