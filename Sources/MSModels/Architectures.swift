@@ -68,6 +68,26 @@ extension LanguageModel {
     }
 }
 
+/// An architecture's config.json as a value; the keys every model shares are `common`.
+public protocol ArchitectureConfig: Sendable {
+    var common: CommonConfig { get }
+}
+
+/// A model its initializer builds from a config and the weight loader.
+public protocol LoadableModel: AnyObject {
+    associatedtype Config: ArchitectureConfig
+    init(_ config: Config, _ weights: Weights) throws
+}
+
+extension LoadableModel {
+    /// Builds the model from its tensors, checking that none is missing or left over.
+    public init(config: Config, tensors: [String: Tensor]) throws {
+        let w = Weights(tensors, architecture: config.common.architecture)
+        try self.init(config, w)
+        try w.finish()
+    }
+}
+
 /// Per-sequence state of a decoder.
 public protocol DecoderCache: AnyObject {
     /// Tokens seen so far.

@@ -6,7 +6,7 @@ import MSKernels
 /// 0's blocks; each coarser scale runs its blocks over the means of k complete rows of the
 /// scale below; every token then adds A_s·(newest complete row of scale s) + a_s for each
 /// coarser scale and goes through `agg_layers` more token-level blocks.
-public final class BottomUpDecoder: LanguageModel, @unchecked Sendable {
+public final class BottomUpDecoder: LanguageModel, LoadableModel, @unchecked Sendable {
     public static let architecture = Architecture(
         languageModel: "bottom-up-decoder",
         describe: {
@@ -27,14 +27,7 @@ public final class BottomUpDecoder: LanguageModel, @unchecked Sendable {
     let aggStack: BlockStack
     let output: OutputHead
 
-    /// Builds the model from its tensors, checking that none is missing or left over.
-    public convenience init(config c: MultiScaleConfig, tensors: [String: Tensor]) throws {
-        let w = Weights(tensors, architecture: c.common.architecture)
-        try self.init(c, w)
-        try w.finish()
-    }
-
-    init(_ c: MultiScaleConfig, _ w: Weights) throws {
+    public init(_ c: MultiScaleConfig, _ w: Weights) throws {
         configuration = c
         D = c.common.dModel; k = c.poolFactor; S = c.scales; N = c.maxPositions
         let D = D

@@ -2,7 +2,7 @@ import MSFormat
 import MSKernels
 
 /// config.json of a cst-decoder: the common keys, the layer count, and the slicing.
-public struct CSTConfig: Sendable, Equatable {
+public struct CSTConfig: ArchitectureConfig, Equatable {
     public var common: CommonConfig
     public var nLayers: Int
     /// L, α, G: slices of L tokens, each extended E = (α−1)·L/2 tokens to the left; G
@@ -37,7 +37,7 @@ public struct CSTConfig: Sendable, Equatable {
 /// before it; their sum through Wo; then the MLP. Positions enter only through the
 /// query and key projections (MS-VIPE), and since projections are linear their positional
 /// parts P·Wᵀ are computed once, at load.
-public final class CSTDecoder: LanguageModel, @unchecked Sendable {
+public final class CSTDecoder: LanguageModel, LoadableModel, @unchecked Sendable {
     public static let architecture = Architecture(
         languageModel: "cst-decoder",
         describe: {
@@ -67,14 +67,7 @@ public final class CSTDecoder: LanguageModel, @unchecked Sendable {
         let pgQ, pgK: Floats  // P_g·Wgqᵀ, P_g·Wgkᵀ [G, D]
     }
 
-    /// Builds the model from its tensors, checking that none is missing or left over.
-    public convenience init(config c: CSTConfig, tensors: [String: Tensor]) throws {
-        let w = Weights(tensors, architecture: c.common.architecture)
-        try self.init(c, w)
-        try w.finish()
-    }
-
-    init(_ c: CSTConfig, _ w: Weights) throws {
+    public init(_ c: CSTConfig, _ w: Weights) throws {
         configuration = c
         D = c.common.dModel; H = c.common.nHeads; dh = c.common.dHead
         L = c.sliceLength; E = c.leftExtension; G = c.maxSlices

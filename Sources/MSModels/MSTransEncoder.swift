@@ -31,7 +31,7 @@ public enum HeadScale: Equatable, Sendable, CustomStringConvertible {
 
 /// config.json of an ms-trans-encoder: the common keys, the layers' head scales, the
 /// labels, the longest input and the [CLS] token.
-public struct MSTransConfig: Sendable, Equatable {
+public struct MSTransConfig: ArchitectureConfig, Equatable {
     public var common: CommonConfig
     public var nLayers: Int
     public var layerScales: [[HeadScale]]
@@ -77,7 +77,7 @@ public struct MSTransConfig: Sendable, Equatable {
 /// the head's window (fixed, or "N/k" of the sequence length with [CLS]). There is no
 /// positional embedding: the windows are the only notion of position. The sentence
 /// vector concat(h_CLS, max over the text tokens) goes through fc2(ReLU(fc1(·))).
-public final class MSTransEncoder: TextClassifier, @unchecked Sendable {
+public final class MSTransEncoder: TextClassifier, LoadableModel, @unchecked Sendable {
     public static let architecture = Architecture(
         classifier: "ms-trans-encoder",
         describe: {
@@ -101,14 +101,7 @@ public final class MSTransEncoder: TextClassifier, @unchecked Sendable {
         let scales: [HeadScale]  // one per head
     }
 
-    /// Builds the model from its tensors, checking that none is missing or left over.
-    public convenience init(config c: MSTransConfig, tensors: [String: Tensor]) throws {
-        let w = Weights(tensors, architecture: c.common.architecture)
-        try self.init(c, w)
-        try w.finish()
-    }
-
-    init(_ c: MSTransConfig, _ w: Weights) throws {
+    public init(_ c: MSTransConfig, _ w: Weights) throws {
         try check(Set(c.labels).count == c.labels.count, "config 'labels' names a label twice: \(c.labels.joined(separator: ", "))")
         config = c
         D = c.common.dModel; H = c.common.nHeads; dh = c.common.dHead; F = c.common.dFF; V = c.common.vocabSize; C = c.labels.count

@@ -4,7 +4,7 @@ import MSKernels
 /// config.json of a multi-scale decoder (README.md beside this file,
 /// "Multi-scale decoders"): the common keys, S scales of k^s-token blocks with their own
 /// blocks each, and the context N.
-public struct MultiScaleConfig: Sendable, Equatable {
+public struct MultiScaleConfig: ArchitectureConfig, Equatable {
     public var common: CommonConfig
     /// S, k, [n_0 … n_{S−1}], N; and the bottom-up's token-level blocks after aggregation
     /// (0 for top-down, which has none).

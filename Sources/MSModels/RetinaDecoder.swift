@@ -4,7 +4,7 @@ import MSKernels
 /// config.json of a retina-decoder (README.md beside this file, "Retina decoder"): CST's
 /// slicing without a context, plus M levels of summaries, each k times coarser than the
 /// last, of which a slice sees the last w.
-public struct RetinaConfig: Sendable, Equatable {
+public struct RetinaConfig: ArchitectureConfig, Equatable {
     public var common: CommonConfig
     public var nLayers: Int
     public var sliceLength: Int
@@ -52,7 +52,7 @@ public struct RetinaConfig: Sendable, Equatable {
 /// positioned by age; the levels' outputs are summed, added to the local output and go
 /// through Wo, then the MLP. Positions are relative, so decoding never stops for length
 /// and the per-sequence state stays the same size however long it runs.
-public final class RetinaDecoder: LanguageModel, @unchecked Sendable {
+public final class RetinaDecoder: LanguageModel, LoadableModel, @unchecked Sendable {
     public static let architecture = Architecture(
         languageModel: "retina-decoder",
         describe: {
@@ -85,14 +85,7 @@ public final class RetinaDecoder: LanguageModel, @unchecked Sendable {
         let levelK: [Floats]  // per level: P_ℓ[age]·Wgkᵀ for age 0…w−1  [w, D]
     }
 
-    /// Builds the model from its tensors, checking that none is missing or left over.
-    public convenience init(config c: RetinaConfig, tensors: [String: Tensor]) throws {
-        let w = Weights(tensors, architecture: c.common.architecture)
-        try self.init(c, w)
-        try w.finish()
-    }
-
-    init(_ c: RetinaConfig, _ wt: Weights) throws {
+    public init(_ c: RetinaConfig, _ wt: Weights) throws {
         configuration = c
         D = c.common.dModel; H = c.common.nHeads; dh = c.common.dHead
         L = c.sliceLength; M = c.levels; k = c.poolFactor; w = c.levelWindow

@@ -6,7 +6,7 @@ import MSKernels
 /// each complete block's mean token embedding plus the newest complete row of the scale
 /// above it; the tokens read the newest complete row of scale 1. Every scale is a stack
 /// of §2's blocks over its own rows, with its own learned positions and KV cache.
-public final class TopDownDecoder: LanguageModel, @unchecked Sendable {
+public final class TopDownDecoder: LanguageModel, LoadableModel, @unchecked Sendable {
     public static let architecture = Architecture(
         languageModel: "top-down-decoder",
         describe: { "top-down, " + (try MultiScaleConfig($0, architecture: "top-down-decoder")).summary },
@@ -21,14 +21,7 @@ public final class TopDownDecoder: LanguageModel, @unchecked Sendable {
     let scales: [Scale]
     let output: OutputHead
 
-    /// Builds the model from its tensors, checking that none is missing or left over.
-    public convenience init(config c: MultiScaleConfig, tensors: [String: Tensor]) throws {
-        let w = Weights(tensors, architecture: c.common.architecture)
-        try self.init(c, w)
-        try w.finish()
-    }
-
-    init(_ c: MultiScaleConfig, _ w: Weights) throws {
+    public init(_ c: MultiScaleConfig, _ w: Weights) throws {
         configuration = c
         D = c.common.dModel; k = c.poolFactor; S = c.scales; N = c.maxPositions
         embedding = try Embedding(w, config: c.common)

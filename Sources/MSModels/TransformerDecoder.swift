@@ -3,7 +3,7 @@ import MSKernels
 
 /// config.json of a transformer-decoder: the common keys, the layer count and the
 /// number of learned positions (its context).
-public struct TransformerConfig: Sendable, Equatable {
+public struct TransformerConfig: ArchitectureConfig, Equatable {
     public var common: CommonConfig
     public var nLayers: Int
     public var maxPositions: Int
@@ -20,7 +20,7 @@ public struct TransformerConfig: Sendable, Equatable {
 /// pre-norm decoder with learned absolute positions and full causal attention over a KV
 /// cache that grows with every token. It is here to measure CST against, side by side,
 /// and to run GPT-2 checkpoints.
-public final class TransformerDecoder: LanguageModel, @unchecked Sendable {
+public final class TransformerDecoder: LanguageModel, LoadableModel, @unchecked Sendable {
     public static let architecture = Architecture(
         languageModel: "transformer-decoder",
         describe: { "context \(try TransformerConfig($0).maxPositions) tokens (learned absolute positions)" },
@@ -36,14 +36,7 @@ public final class TransformerDecoder: LanguageModel, @unchecked Sendable {
     let stack: BlockStack
     let output: OutputHead
 
-    /// Builds the model from its tensors, checking that none is missing or left over.
-    public convenience init(config c: TransformerConfig, tensors: [String: Tensor]) throws {
-        let w = Weights(tensors, architecture: c.common.architecture)
-        try self.init(c, w)
-        try w.finish()
-    }
-
-    init(_ c: TransformerConfig, _ w: Weights) throws {
+    public init(_ c: TransformerConfig, _ w: Weights) throws {
         configuration = c
         D = c.common.dModel; N = c.maxPositions
         embedding = try Embedding(w, config: c.common)
