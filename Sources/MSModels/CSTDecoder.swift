@@ -57,7 +57,7 @@ public final class CSTDecoder: LanguageModel, LoadableModel, @unchecked Sendable
     let layers: [Layer]
     let output: OutputHead
 
-    struct Layer {
+    struct Layer: SliceLayer {
         let norm1: (weight: Floats, bias: Floats)
         let qkv: Linear  // [Wq; Wk; Wv]: one [3D, D] product
         let o: Linear
@@ -187,55 +187,16 @@ public final class CSTDecoder: LanguageModel, LoadableModel, @unchecked Sendable
     // MARK: - One token of each of several sequences (decoding, serving)
 
     public func step(_ tokens: [Int], caches: [DecoderCache]) -> [Float] {
-        let B = tokens.count, (D, L) = (D, L)
-        precondition(caches.count == B, "step: \(B) tokens for \(caches.count) caches")
-        precondition(tokens.allSatisfy { $0 >= 0 && $0 < config.vocabSize }, "step: token id out of range")
-        let cs = caches.map { own($0, as: CSTCache.self) }
-        let h = Floats(count: B * D, zeroed: false), u = Floats(count: B * D, zeroed: false)
-        let qkv = Floats(count: B * 3 * D, zeroed: false), a = Floats(count: B * D, zeroed: false)
-        let f = Floats(count: B * config.dFF, zeroed: false)
         let keys = Floats(count: (G + 1) * D), scores = Floats(count: G)
-        embedding(tokens, into: h.p)
-        for (li, l) in layers.enumerated() {
-            Kernels.layerNorm(h.p, rows: B, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
-            l.qkv.apply(u.p, rows: B, into: qkv.p)
-            Kernels.parallelFor(B, minimum: 4) { range in
-                let wk = Floats(count: W * D, zeroed: false), wv = Floats(count: W * D, zeroed: false)
-                let q = Floats(count: D, zeroed: false), sc = Floats(count: W, zeroed: false)
-                for b in range {
-                    let s = cs[b].layers[li]
-                    l.local.token(
-                        qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
-                        keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
-                }
-            }
-            for b in 0..<B {
-                let s = cs[b].layers[li]
-                Kernels.add(a.row(b, D), into: s.sliceSum.p, count: D)
-                Kernels.add(s.g.p, into: a.row(b, D), count: D)
-            }
-            l.o.apply(a.p, rows: B, into: h.p, accumulate: true)
-            l.ffn.apply(h.p, rows: B, u: u.p, f: f.p)
-
-            // Sequences whose token completes its slice: summary, its global projections
-            // (one product for all of them), and the global output of their next slice.
-            let ending = (0..<B).filter { cs[$0].position % L == L - 1 }
-            guard !ending.isEmpty else { continue }
-            let m = Floats(count: ending.count * D, zeroed: false)
-            for (k, b) in ending.enumerated() {
-                let s = cs[b].layers[li]
-                for i in 0..<D { m.row(k, D)[i] = s.sliceSum.p[i] / Float(L) }
-                s.sliceSum.zero()
-            }
-            let gqkv = l.globalQKV(m.p, rows: ending.count)
+        let cs = caches.map { own($0, as: CSTCache.self) }
+        return sliceStep(tokens, cs, layers: layers, embedding: embedding, output: output, config: config) { li, ending, _, gqkv in
+            // Each completed summary joins the kept ones; the next slice's g is over them.
             for (k, b) in ending.enumerated() {
                 let s = cs[b].layers[li]
                 cs[b].push(s, gqkv.row(k, 3 * D))
-                globalAttention(l, s, keys: keys.p, scores: scores.p, into: s.g.p)
+                globalAttention(layers[li], s, keys: keys.p, scores: scores.p, into: s.g.p)
             }
         }
-        for c in cs { c.position += 1 }
-        return output.logits(h.p, rows: B)
     }
 }
 
@@ -244,12 +205,12 @@ public final class CSTDecoder: LanguageModel, LoadableModel, @unchecked Sendable
 /// current slice's local outputs, the [gq | gk | gv] projections of the last G−1 slice
 /// summaries, and the current slice's global output. Its size does not depend on how many
 /// tokens have gone through. It holds state only; the model does the math.
-final class CSTCache: DecoderCache {
+final class CSTCache: SliceCache {
     var position = 0
     let layers: [LayerState]
     let D: Int, W: Int, capacity: Int
 
-    final class LayerState {
+    final class LayerState: SliceState {
         let k, v: Floats  // ring of raw keys/values, row p mod (E+L)
         let sliceSum: Floats  // Σ a over the current slice
         let summaries: Floats  // [gq | gk | gv] of kept summaries, oldest first

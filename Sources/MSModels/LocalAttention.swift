@@ -79,3 +79,84 @@ struct LocalAttention: @unchecked Sendable {
         }
     }
 }
+
+/// What the batched step of a slice decoder (CST, retina) reads of one of its layers.
+protocol SliceLayer {
+    var norm1: (weight: Floats, bias: Floats) { get }
+    var qkv: Linear { get }
+    var local: LocalAttention { get }
+    var o: Linear { get }
+    var globalQKV: Linear { get }
+    var ffn: FeedForward { get }
+}
+
+/// What it reads and writes of one layer's cache state.
+protocol SliceState: AnyObject {
+    var k: Floats { get }
+    var v: Floats { get }
+    /// Σ a over the current slice.
+    var sliceSum: Floats { get }
+    /// The current slice's global output.
+    var g: Floats { get }
+}
+
+/// A slice decoder's per-sequence cache, as the batched step sees it.
+protocol SliceCache: DecoderCache {
+    associatedtype State: SliceState
+    var position: Int { get set }
+    var layers: [State] { get }
+}
+
+/// One token of each of B sequences through a slice decoder, all but the global part,
+/// which CST and retina share: per layer LN, the fused QKV product, Wo and the MLP over
+/// the B rows at once, local attention per sequence from its own ring, each token's a
+/// added into its slice sum and the slice's g into a. For the sequences whose token
+/// completes its slice, `complete(layer, sequences, m, gqkv)` then gets their summaries
+/// m (the slice means, rows of D; the sums are reset) and their global projections
+/// [gq | gk | gv] (one product for all of them). Returns the logits, a row per sequence.
+func sliceStep<Layer: SliceLayer, Cache: SliceCache>(
+    _ tokens: [Int], _ cs: [Cache], layers: [Layer], embedding: Embedding, output: OutputHead, config: CommonConfig,
+    complete: (_ layer: Int, _ sequences: [Int], _ m: Floats, _ gqkv: Floats) -> Void
+) -> [Float] {
+    let B = tokens.count, D = config.dModel
+    precondition(cs.count == B, "step: \(B) tokens for \(cs.count) caches")
+    precondition(tokens.allSatisfy { $0 >= 0 && $0 < config.vocabSize }, "step: token id out of range")
+    let h = Floats(count: B * D, zeroed: false), u = Floats(count: B * D, zeroed: false)
+    let qkv = Floats(count: B * 3 * D, zeroed: false), a = Floats(count: B * D, zeroed: false)
+    let f = Floats(count: B * config.dFF, zeroed: false)
+    embedding(tokens, into: h.p)
+    for (li, l) in layers.enumerated() {
+        let L = l.local.L, W = l.local.W
+        Kernels.layerNorm(h.p, rows: B, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
+        l.qkv.apply(u.p, rows: B, into: qkv.p)
+        Kernels.parallelFor(B, minimum: 4) { range in
+            let wk = Floats(count: W * D, zeroed: false), wv = Floats(count: W * D, zeroed: false)
+            let q = Floats(count: D, zeroed: false), sc = Floats(count: W, zeroed: false)
+            for b in range {
+                let s = cs[b].layers[li]
+                l.local.token(
+                    qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
+                    keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
+            }
+        }
+        for b in 0..<B {
+            let s = cs[b].layers[li]
+            Kernels.add(a.row(b, D), into: s.sliceSum.p, count: D)
+            Kernels.add(s.g.p, into: a.row(b, D), count: D)
+        }
+        l.o.apply(a.p, rows: B, into: h.p, accumulate: true)
+        l.ffn.apply(h.p, rows: B, u: u.p, f: f.p)
+
+        let ending = (0..<B).filter { cs[$0].position % L == L - 1 }
+        guard !ending.isEmpty else { continue }
+        let m = Floats(count: ending.count * D, zeroed: false)
+        for (k, b) in ending.enumerated() {
+            let s = cs[b].layers[li]
+            for i in 0..<D { m.row(k, D)[i] = s.sliceSum.p[i] / Float(L) }
+            s.sliceSum.zero()
+        }
+        complete(li, ending, m, l.globalQKV(m.p, rows: ending.count))
+    }
+    for c in cs { c.position += 1 }
+    return output.logits(h.p, rows: B)
+}

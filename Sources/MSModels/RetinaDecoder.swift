@@ -74,7 +74,7 @@ public final class RetinaDecoder: LanguageModel, LoadableModel, @unchecked Senda
     let layers: [Layer]
     let output: OutputHead
 
-    struct Layer {
+    struct Layer: SliceLayer {
         let norm1: (weight: Floats, bias: Floats)
         let qkv: Linear  // [Wq; Wk; Wv]: one [3D, D] product
         let o: Linear
@@ -224,52 +224,14 @@ public final class RetinaDecoder: LanguageModel, LoadableModel, @unchecked Senda
     // MARK: - One token of each of several sequences (decoding, serving)
 
     public func step(_ tokens: [Int], caches: [DecoderCache]) -> [Float] {
-        let B = tokens.count, (D, L) = (D, L), W = layers.first?.local.W ?? L
-        precondition(caches.count == B, "step: \(B) tokens for \(caches.count) caches")
-        precondition(tokens.allSatisfy { $0 >= 0 && $0 < config.vocabSize }, "step: token id out of range")
         let cs = caches.map { own($0, as: RetinaCache.self) }
-        let h = Floats(count: B * D, zeroed: false), u = Floats(count: B * D, zeroed: false)
-        let qkv = Floats(count: B * 3 * D, zeroed: false), a = Floats(count: B * D, zeroed: false)
-        let f = Floats(count: B * config.dFF, zeroed: false)
-        embedding(tokens, into: h.p)
-        for (li, l) in layers.enumerated() {
-            Kernels.layerNorm(h.p, rows: B, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
-            l.qkv.apply(u.p, rows: B, into: qkv.p)
-            Kernels.parallelFor(B, minimum: 4) { range in
-                let wk = Floats(count: W * D, zeroed: false), wv = Floats(count: W * D, zeroed: false)
-                let q = Floats(count: D, zeroed: false), sc = Floats(count: W, zeroed: false)
-                for b in range {
-                    let s = cs[b].layers[li]
-                    l.local.token(
-                        qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
-                        keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
-                }
-            }
-            for b in 0..<B {
-                let s = cs[b].layers[li]
-                Kernels.add(a.row(b, D), into: s.sums[0].p, count: D)
-                Kernels.add(s.g.p, into: a.row(b, D), count: D)
-            }
-            l.o.apply(a.p, rows: B, into: h.p, accumulate: true)
-            l.ffn.apply(h.p, rows: B, u: u.p, f: f.p)
-
-            // Sequences whose token completes its slice: summary, its global projections
-            // (one product for all of them), the levels' updates and the next slice's g.
-            let ending = (0..<B).filter { cs[$0].position % L == L - 1 }
-            guard !ending.isEmpty else { continue }
-            let m = Floats(count: ending.count * D, zeroed: false)
+        return sliceStep(tokens, cs, layers: layers, embedding: embedding, output: output, config: config) { li, ending, m, gqkv in
+            // The levels' updates and the next slice's Σ_ℓ g^ℓ.
             for (j, b) in ending.enumerated() {
-                let s = cs[b].layers[li]
-                for i in 0..<D { m.row(j, D)[i] = s.sums[0].p[i] / Float(L) }
-                s.sums[0].zero()
-            }
-            let gqkv = l.globalQKV(m.p, rows: ending.count)
-            for (j, b) in ending.enumerated() {
-                completeSlice(l, cs[b].layers[li], slice: cs[b].position / L, summary: m.row(j, D), projections: gqkv.row(j, 3 * D))
+                completeSlice(
+                    layers[li], cs[b].layers[li], slice: cs[b].position / L, summary: m.row(j, D), projections: gqkv.row(j, 3 * D))
             }
         }
-        for c in cs { c.position += 1 }
-        return output.logits(h.p, rows: B)
     }
 }
 
@@ -279,17 +241,19 @@ public final class RetinaDecoder: LanguageModel, LoadableModel, @unchecked Senda
 /// level ℓ > 1: of its complete children's summaries) and the raw [gk | gv] projections of
 /// its last w complete blocks; and Σ_ℓ g^ℓ of the current slice. Its size does not depend
 /// on how many tokens have gone through. It holds state only; the model does the math.
-final class RetinaCache: DecoderCache {
+final class RetinaCache: SliceCache {
     var position = 0
     let layers: [LayerState]
     let D: Int, W: Int, window: Int
 
-    final class LayerState {
+    final class LayerState: SliceState {
         let k, v: Floats  // ring of raw keys/values, row p mod (E+L)
         let sums: [Floats]  // per level: Σ over its open block
         let blocks: [Floats]  // per level: [gk | gv] of its last w complete blocks, oldest first
         var counts: [Int]  // per level: blocks kept (≤ w)
         let g: Floats  // the current slice's Σ_ℓ g^ℓ
+        /// Level 1's open block is the current slice.
+        var sliceSum: Floats { sums[0] }
         let D: Int, window: Int
         init(D: Int, W: Int, levels: Int, window: Int) {
             self.D = D; self.window = window
