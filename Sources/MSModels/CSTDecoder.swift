@@ -37,7 +37,7 @@ public struct CSTConfig: ArchitectureConfig, Equatable {
 /// before it; their sum through Wo; then the MLP. Positions enter only through the
 /// query and key projections (MS-VIPE), and since projections are linear their positional
 /// parts P·Wᵀ are computed once, at load.
-public final class CSTDecoder: LanguageModel, LoadableModel, @unchecked Sendable {
+public final class CSTDecoder: SliceDecoder, LoadableModel, @unchecked Sendable {
     public static let architecture = Architecture(
         languageModel: "cst-decoder",
         describe: {
@@ -90,6 +90,7 @@ public final class CSTDecoder: LanguageModel, LoadableModel, @unchecked Sendable
         output = try OutputHead(w, config: c.common, embedding: embedding)
     }
 
+    typealias Cache = CSTCache
     public func makeCache() -> DecoderCache { CSTCache(self) }
 
     // MARK: - Global attention over slice summaries
@@ -115,88 +116,23 @@ public final class CSTDecoder: LanguageModel, LoadableModel, @unchecked Sendable
 
     // MARK: - Many tokens of one sequence (prefill, scoring, streaming)
 
-    /// Runs T tokens after the cache's position p in one pass, matrix by matrix: local
-    /// attention slice by slice over keys from the chunk and, before p, from the cache's
-    /// ring; the summaries of the slices the chunk completes; global attention slice by
-    /// slice as the kept summaries grow. Leaves the state decoding one by one would.
+    /// Runs T tokens after the cache's position in one pass (SliceDecoder.slicePrefill).
     public func prefill(_ tokens: [Int], cache: DecoderCache, logitsFor: Range<Int>) throws -> [Float] {
-        let c = own(cache, as: CSTCache.self)
-        try checkPrefill(tokens, at: c.position)
-        let T = tokens.count, p0 = c.position, (D, L) = (D, L)
-        guard T > 0 else { return [] }
-        let first = p0 / L, last = (p0 + T - 1) / L  // the slices this chunk touches
-        let completed = (p0 + T) / L - first  // of which the chunk completes
-        // Activations, each written in full before it is read: not zeroed first.
-        let h = Floats(count: T * D, zeroed: false), u = Floats(count: T * D, zeroed: false)
-        let qkv = Floats(count: T * 3 * D, zeroed: false), a = Floats(count: T * D, zeroed: false)
-        let f = Floats(count: T * config.dFF, zeroed: false), g = Floats(count: (last - first + 1) * D, zeroed: false)
-        let m = Floats(count: max(completed, 1) * D), acc = Floats(count: D)
-        let keys = Floats(count: (G + 1) * D), scores = Floats(count: G)
-        embedding(tokens, into: h.p)
-
-        for (li, l) in layers.enumerated() {
-            let s = c.layers[li]
-            Kernels.layerNorm(h.p, rows: T, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
-            l.qkv.apply(u.p, rows: T, into: qkv.p)
-
-            // Local attention, slice by slice; the ring keeps the raw keys and values of the last W tokens.
-            l.local.chunk(qkv, from: p0, count: T, ringK: s.k, ringV: s.v, into: a)
-            // Slice sums: a complete slice gives its summary m = mean of its a; the sum of
-            // an incomplete one stays in the cache (the first slice's earlier tokens are
-            // already in it).
-            var done = 0
-            for t in first...last {
-                if t == first { acc.p.update(from: s.sliceSum.p, count: D) } else { acc.zero() }
-                for i in max(p0, t * L)..<min(p0 + T, t * L + L) { Kernels.add(a.row(i - p0, D), into: acc.p, count: D) }
-                if t * L + L <= p0 + T {
-                    for k in 0..<D { m.row(done, D)[k] = acc.p[k] / Float(L) }
-                    done += 1
-                    s.sliceSum.zero()
-                } else {
-                    s.sliceSum.p.update(from: acc.p, count: D)
-                }
-            }
-            // Global outputs slice by slice, each over the summaries kept before it.
-            let gqkv = l.globalQKV(m.p, rows: done)
-            var next = 0
-            for t in first...last {
-                if t == first {
-                    g.p.update(from: s.g.p, count: D)
-                } else {
-                    globalAttention(l, s, keys: keys.p, scores: scores.p, into: g.row(t - first, D))
-                }
-                if t * L + L <= p0 + T { c.push(s, gqkv.row(next, 3 * D)); next += 1 }
-            }
-            // The global output of the slice the next token is in.
-            if (p0 + T) % L == 0 {
-                globalAttention(l, s, keys: keys.p, scores: scores.p, into: s.g.p)
-            } else {
-                s.g.p.update(from: g.row(last - first, D), count: D)
-            }
-
-            // Compose: h += (a + g_slice)·Woᵀ + bo, then the MLP.
-            for i in 0..<T { Kernels.add(g.row((p0 + i) / L - first, D), into: a.row(i, D), count: D) }
-            l.o.apply(a.p, rows: T, into: h.p, accumulate: true)
-            l.ffn.apply(h.p, rows: T, u: u.p, f: f.p)
-        }
-        c.position += T
-        let rows = logitsFor.clamped(to: 0..<T)
-        return output.logits(h.row(rows.lowerBound, D), rows: rows.count)
+        try slicePrefill(tokens, cache: own(cache, as: CSTCache.self), logitsFor: logitsFor)
     }
 
     // MARK: - One token of each of several sequences (decoding, serving)
 
     public func step(_ tokens: [Int], caches: [DecoderCache]) -> [Float] {
-        let keys = Floats(count: (G + 1) * D), scores = Floats(count: G)
-        let cs = caches.map { own($0, as: CSTCache.self) }
-        return sliceStep(tokens, cs, layers: layers, embedding: embedding, output: output, config: config) { li, ending, _, gqkv in
-            // Each completed summary joins the kept ones; the next slice's g is over them.
-            for (k, b) in ending.enumerated() {
-                let s = cs[b].layers[li]
-                cs[b].push(s, gqkv.row(k, 3 * D))
-                globalAttention(layers[li], s, keys: keys.p, scores: scores.p, into: s.g.p)
-            }
-        }
+        sliceStep(tokens, caches.map { own($0, as: CSTCache.self) })
+    }
+
+    /// CST's global part: the completed slice's summary joins the kept ones (the oldest
+    /// rolls off past G−1), and the next slice's g is attention over them.
+    func completeSlice(_ l: Layer, _ s: CSTCache.LayerState, slice: Int, summary: UnsafePointer<Float>, projections: UnsafePointer<Float>) {
+        s.push(projections)
+        let keys = Floats(count: (G + 1) * D, zeroed: false), scores = Floats(count: G, zeroed: false)
+        globalAttention(l, s, keys: keys.p, scores: scores.p, into: s.g.p)
     }
 }
 
@@ -216,9 +152,23 @@ final class CSTCache: SliceCache {
         let summaries: Floats  // [gq | gk | gv] of kept summaries, oldest first
         var count = 0  // kept summaries (≤ G−1)
         let g: Floats  // the current slice's global output
+        let D: Int, capacity: Int  // G−1
         init(D: Int, W: Int, capacity: Int) {
             k = Floats(count: W * D); v = Floats(count: W * D); sliceSum = Floats(count: D)
             summaries = Floats(count: max(capacity, 1) * 3 * D); g = Floats(count: D)
+            self.D = D; self.capacity = capacity
+        }
+
+        /// Appends a summary's projections, dropping the oldest when G−1 are kept: past the
+        /// context the kept summaries are re-indexed 0…G−2 simply by their place in this list.
+        func push(_ row: UnsafePointer<Float>) {
+            guard capacity > 0 else { return }
+            if count == capacity {
+                summaries.p.update(from: summaries.p + 3 * D, count: (capacity - 1) * 3 * D)
+                count -= 1
+            }
+            summaries.row(count, 3 * D).update(from: row, count: 3 * D)
+            count += 1
         }
     }
 
@@ -230,18 +180,6 @@ final class CSTCache: SliceCache {
     var byteCount: Int {
         let perLayer = (2 * W * D + D + max(capacity, 1) * 3 * D + D) * 4
         return layers.count * perLayer
-    }
-
-    /// Appends a summary's projections, dropping the oldest when G−1 are kept: past the
-    /// context the kept summaries are re-indexed 0…G−2 simply by their place in this list.
-    func push(_ s: LayerState, _ row: UnsafePointer<Float>) {
-        guard capacity > 0 else { return }
-        if s.count == capacity {
-            s.summaries.p.update(from: s.summaries.p + 3 * D, count: (capacity - 1) * 3 * D)
-            s.count -= 1
-        }
-        s.summaries.row(s.count, 3 * D).update(from: row, count: 3 * D)
-        s.count += 1
     }
 
     /// Everything the state holds that later tokens read, for tests comparing two caches:

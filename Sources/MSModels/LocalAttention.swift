@@ -107,56 +107,129 @@ protocol SliceCache: DecoderCache {
     var layers: [State] { get }
 }
 
-/// One token of each of B sequences through a slice decoder, all but the global part,
-/// which CST and retina share: per layer LN, the fused QKV product, Wo and the MLP over
-/// the B rows at once, local attention per sequence from its own ring, each token's a
-/// added into its slice sum and the slice's g into a. For the sequences whose token
-/// completes its slice, `complete(layer, sequences, m, gqkv)` then gets their summaries
-/// m (the slice means, rows of D; the sums are reset) and their global projections
-/// [gq | gk | gv] (one product for all of them). Returns the logits, a row per sequence.
-func sliceStep<Layer: SliceLayer, Cache: SliceCache>(
-    _ tokens: [Int], _ cs: [Cache], layers: [Layer], embedding: Embedding, output: OutputHead, config: CommonConfig,
-    complete: (_ layer: Int, _ sequences: [Int], _ m: Floats, _ gqkv: Floats) -> Void
-) -> [Float] {
-    let B = tokens.count, D = config.dModel
-    precondition(cs.count == B, "step: \(B) tokens for \(cs.count) caches")
-    precondition(tokens.allSatisfy { $0 >= 0 && $0 < config.vocabSize }, "step: token id out of range")
-    let h = Floats(count: B * D, zeroed: false), u = Floats(count: B * D, zeroed: false)
-    let qkv = Floats(count: B * 3 * D, zeroed: false), a = Floats(count: B * D, zeroed: false)
-    let f = Floats(count: B * config.dFF, zeroed: false)
-    embedding(tokens, into: h.p)
-    for (li, l) in layers.enumerated() {
-        let L = l.local.L, W = l.local.W
-        Kernels.layerNorm(h.p, rows: B, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
-        l.qkv.apply(u.p, rows: B, into: qkv.p)
-        Kernels.parallelFor(B, minimum: 4) { range in
-            let wk = Floats(count: W * D, zeroed: false), wv = Floats(count: W * D, zeroed: false)
-            let q = Floats(count: D, zeroed: false), sc = Floats(count: W, zeroed: false)
-            for b in range {
+/// A decoder built of slices (CST and retina): local attention inside the slice, then a
+/// global part over summaries of earlier slices. The two share everything but that global
+/// part, which is `completeSlice`: the layer's state takes a completed slice's summary m
+/// (the mean of its local outputs) and its projections [gq | gk | gv], and leaves in the
+/// state's g the global output of the slice that follows.
+protocol SliceDecoder: LanguageModel {
+    associatedtype Layer: SliceLayer
+    associatedtype Cache: SliceCache
+    var embedding: Embedding { get }
+    var layers: [Layer] { get }
+    var output: OutputHead { get }
+    func completeSlice(_ l: Layer, _ s: Cache.State, slice: Int, summary: UnsafePointer<Float>, projections: UnsafePointer<Float>)
+}
+
+extension SliceDecoder {
+    /// T tokens after the cache's position p in one pass, matrix by matrix: local attention
+    /// slice by slice (keys before p from the ring); the slice sums, whose complete slices
+    /// give summaries (their projections in one product); slice by slice, each slice's g
+    /// is the one the slice before it left, and a completed slice leaves the next one's.
+    /// Leaves the state decoding one by one would.
+    func slicePrefill(_ tokens: [Int], cache: Cache, logitsFor: Range<Int>) throws -> [Float] {
+        let c = cache
+        try checkPrefill(tokens, at: c.position)
+        let T = tokens.count, p0 = c.position, D = config.dModel
+        guard T > 0, let L = layers.first?.local.L else { return [] }
+        let first = p0 / L, last = (p0 + T - 1) / L  // the slices this chunk touches
+        let completed = (p0 + T) / L - first  // of which the chunk completes
+        // Activations, each written in full before it is read: not zeroed first.
+        let h = Floats(count: T * D, zeroed: false), u = Floats(count: T * D, zeroed: false)
+        let qkv = Floats(count: T * 3 * D, zeroed: false), a = Floats(count: T * D, zeroed: false)
+        let f = Floats(count: T * config.dFF, zeroed: false), g = Floats(count: (last - first + 1) * D, zeroed: false)
+        let m = Floats(count: max(completed, 1) * D), acc = Floats(count: D)
+        embedding(tokens, into: h.p)
+
+        for (li, l) in layers.enumerated() {
+            let s = c.layers[li]
+            Kernels.layerNorm(h.p, rows: T, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
+            l.qkv.apply(u.p, rows: T, into: qkv.p)
+            l.local.chunk(qkv, from: p0, count: T, ringK: s.k, ringV: s.v, into: a)
+
+            // Slice sums: a complete slice gives its summary m = mean of its a; the sum of
+            // an incomplete one stays in the cache (the first slice's earlier tokens are
+            // already in it).
+            var done = 0
+            for t in first...last {
+                if t == first { acc.p.update(from: s.sliceSum.p, count: D) } else { acc.zero() }
+                for i in max(p0, t * L)..<min(p0 + T, t * L + L) { Kernels.add(a.row(i - p0, D), into: acc.p, count: D) }
+                if t * L + L <= p0 + T {
+                    for j in 0..<D { m.row(done, D)[j] = acc.p[j] / Float(L) }
+                    done += 1
+                    s.sliceSum.zero()
+                } else {
+                    s.sliceSum.p.update(from: acc.p, count: D)
+                }
+            }
+            let gqkv = l.globalQKV(m.p, rows: done)
+            var next = 0
+            for t in first...last {
+                g.row(t - first, D).update(from: s.g.p, count: D)
+                if t * L + L <= p0 + T {
+                    completeSlice(l, s, slice: t, summary: m.row(next, D), projections: gqkv.row(next, 3 * D))
+                    next += 1
+                }
+            }
+
+            // Compose: h += (a + g_slice)·Woᵀ + bo, then the MLP.
+            for i in 0..<T { Kernels.add(g.row((p0 + i) / L - first, D), into: a.row(i, D), count: D) }
+            l.o.apply(a.p, rows: T, into: h.p, accumulate: true)
+            l.ffn.apply(h.p, rows: T, u: u.p, f: f.p)
+        }
+        c.position += T
+        let rows = logitsFor.clamped(to: 0..<T)
+        return output.logits(h.row(rows.lowerBound, D), rows: rows.count)
+    }
+
+    /// One token of each of B sequences: per layer LN, the fused QKV product, Wo and the
+    /// MLP over the B rows at once, local attention per sequence from its own ring; then,
+    /// for the sequences whose token completes its slice, their summaries (projections in
+    /// one product) go to `completeSlice`. Returns the logits, a row per sequence.
+    func sliceStep(_ tokens: [Int], _ cs: [Cache]) -> [Float] {
+        let B = tokens.count, D = config.dModel
+        precondition(cs.count == B, "step: \(B) tokens for \(cs.count) caches")
+        precondition(tokens.allSatisfy { $0 >= 0 && $0 < config.vocabSize }, "step: token id out of range")
+        let h = Floats(count: B * D, zeroed: false), u = Floats(count: B * D, zeroed: false)
+        let qkv = Floats(count: B * 3 * D, zeroed: false), a = Floats(count: B * D, zeroed: false)
+        let f = Floats(count: B * config.dFF, zeroed: false)
+        embedding(tokens, into: h.p)
+        for (li, l) in layers.enumerated() {
+            let L = l.local.L, W = l.local.W
+            Kernels.layerNorm(h.p, rows: B, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
+            l.qkv.apply(u.p, rows: B, into: qkv.p)
+            Kernels.parallelFor(B, minimum: 4) { range in
+                let wk = Floats(count: W * D, zeroed: false), wv = Floats(count: W * D, zeroed: false)
+                let q = Floats(count: D, zeroed: false), sc = Floats(count: W, zeroed: false)
+                for b in range {
+                    let s = cs[b].layers[li]
+                    l.local.token(
+                        qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
+                        keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
+                }
+            }
+            for b in 0..<B {
                 let s = cs[b].layers[li]
-                l.local.token(
-                    qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
-                    keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
+                Kernels.add(a.row(b, D), into: s.sliceSum.p, count: D)
+                Kernels.add(s.g.p, into: a.row(b, D), count: D)
+            }
+            l.o.apply(a.p, rows: B, into: h.p, accumulate: true)
+            l.ffn.apply(h.p, rows: B, u: u.p, f: f.p)
+
+            let ending = (0..<B).filter { cs[$0].position % L == L - 1 }
+            guard !ending.isEmpty else { continue }
+            let m = Floats(count: ending.count * D, zeroed: false)
+            for (k, b) in ending.enumerated() {
+                let s = cs[b].layers[li]
+                for i in 0..<D { m.row(k, D)[i] = s.sliceSum.p[i] / Float(L) }
+                s.sliceSum.zero()
+            }
+            let gqkv = l.globalQKV(m.p, rows: ending.count)
+            for (k, b) in ending.enumerated() {
+                completeSlice(l, cs[b].layers[li], slice: cs[b].position / L, summary: m.row(k, D), projections: gqkv.row(k, 3 * D))
             }
         }
-        for b in 0..<B {
-            let s = cs[b].layers[li]
-            Kernels.add(a.row(b, D), into: s.sliceSum.p, count: D)
-            Kernels.add(s.g.p, into: a.row(b, D), count: D)
-        }
-        l.o.apply(a.p, rows: B, into: h.p, accumulate: true)
-        l.ffn.apply(h.p, rows: B, u: u.p, f: f.p)
-
-        let ending = (0..<B).filter { cs[$0].position % L == L - 1 }
-        guard !ending.isEmpty else { continue }
-        let m = Floats(count: ending.count * D, zeroed: false)
-        for (k, b) in ending.enumerated() {
-            let s = cs[b].layers[li]
-            for i in 0..<D { m.row(k, D)[i] = s.sliceSum.p[i] / Float(L) }
-            s.sliceSum.zero()
-        }
-        complete(li, ending, m, l.globalQKV(m.p, rows: ending.count))
+        for c in cs { c.position += 1 }
+        return output.logits(h.p, rows: B)
     }
-    for c in cs { c.position += 1 }
-    return output.logits(h.p, rows: B)
 }

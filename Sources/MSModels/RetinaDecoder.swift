@@ -52,7 +52,7 @@ public struct RetinaConfig: ArchitectureConfig, Equatable {
 /// positioned by age; the levels' outputs are summed, added to the local output and go
 /// through Wo, then the MLP. Positions are relative, so decoding never stops for length
 /// and the per-sequence state stays the same size however long it runs.
-public final class RetinaDecoder: LanguageModel, LoadableModel, @unchecked Sendable {
+public final class RetinaDecoder: SliceDecoder, LoadableModel, @unchecked Sendable {
     public static let architecture = Architecture(
         languageModel: "retina-decoder",
         describe: {
@@ -110,6 +110,7 @@ public final class RetinaDecoder: LanguageModel, LoadableModel, @unchecked Senda
         output = try OutputHead(wt, config: c.common, embedding: embedding)
     }
 
+    typealias Cache = RetinaCache
     public func makeCache() -> DecoderCache { RetinaCache(self) }
 
     // MARK: - The levels: what happens when a slice completes
@@ -160,78 +161,15 @@ public final class RetinaDecoder: LanguageModel, LoadableModel, @unchecked Senda
 
     // MARK: - Many tokens of one sequence (prefill, scoring, streaming)
 
-    /// Runs T tokens after the cache's position p in one pass: local attention slice by
-    /// slice (matrix products, keys before p from the ring); the summaries of the slices
-    /// the chunk completes with their projections in one product; then, slice by slice,
-    /// the levels' updates and the next slice's g. Leaves the state decoding one by one would.
+    /// Runs T tokens after the cache's position in one pass (SliceDecoder.slicePrefill).
     public func prefill(_ tokens: [Int], cache: DecoderCache, logitsFor: Range<Int>) throws -> [Float] {
-        let c = own(cache, as: RetinaCache.self)
-        try checkPrefill(tokens, at: c.position)
-        let T = tokens.count, p0 = c.position, (D, L) = (D, L)
-        guard T > 0 else { return [] }
-        let first = p0 / L, last = (p0 + T - 1) / L  // the slices this chunk touches
-        let completed = (p0 + T) / L - first  // of which the chunk completes
-        // Activations, each written in full before it is read: not zeroed first.
-        let h = Floats(count: T * D, zeroed: false), u = Floats(count: T * D, zeroed: false)
-        let qkv = Floats(count: T * 3 * D, zeroed: false), a = Floats(count: T * D, zeroed: false)
-        let f = Floats(count: T * config.dFF, zeroed: false), g = Floats(count: (last - first + 1) * D, zeroed: false)
-        let m = Floats(count: max(completed, 1) * D), acc = Floats(count: D)
-        embedding(tokens, into: h.p)
-
-        for (li, l) in layers.enumerated() {
-            let s = c.layers[li]
-            Kernels.layerNorm(h.p, rows: T, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
-            l.qkv.apply(u.p, rows: T, into: qkv.p)
-            l.local.chunk(qkv, from: p0, count: T, ringK: s.k, ringV: s.v, into: a)
-
-            // Slice sums: a complete slice gives its summary m^1 = mean of its a; the sum of
-            // an incomplete one stays in the cache (the first slice's earlier tokens are
-            // already in it).
-            var done = 0
-            for t in first...last {
-                if t == first { acc.p.update(from: s.sums[0].p, count: D) } else { acc.zero() }
-                for i in max(p0, t * L)..<min(p0 + T, t * L + L) { Kernels.add(a.row(i - p0, D), into: acc.p, count: D) }
-                if t * L + L <= p0 + T {
-                    for j in 0..<D { m.row(done, D)[j] = acc.p[j] / Float(L) }
-                    done += 1
-                    s.sums[0].zero()
-                } else {
-                    s.sums[0].p.update(from: acc.p, count: D)
-                }
-            }
-            // Each slice's g is the one the slice before it left; a completed slice
-            // updates the levels and leaves the next one's.
-            let gqkv = l.globalQKV(m.p, rows: done)
-            var next = 0
-            for t in first...last {
-                g.row(t - first, D).update(from: s.g.p, count: D)
-                if t * L + L <= p0 + T {
-                    completeSlice(l, s, slice: t, summary: m.row(next, D), projections: gqkv.row(next, 3 * D))
-                    next += 1
-                }
-            }
-
-            // Compose: h += (a + g_slice)·Woᵀ + bo, then the MLP.
-            for i in 0..<T { Kernels.add(g.row((p0 + i) / L - first, D), into: a.row(i, D), count: D) }
-            l.o.apply(a.p, rows: T, into: h.p, accumulate: true)
-            l.ffn.apply(h.p, rows: T, u: u.p, f: f.p)
-        }
-        c.position += T
-        let rows = logitsFor.clamped(to: 0..<T)
-        return output.logits(h.row(rows.lowerBound, D), rows: rows.count)
+        try slicePrefill(tokens, cache: own(cache, as: RetinaCache.self), logitsFor: logitsFor)
     }
 
     // MARK: - One token of each of several sequences (decoding, serving)
 
     public func step(_ tokens: [Int], caches: [DecoderCache]) -> [Float] {
-        let cs = caches.map { own($0, as: RetinaCache.self) }
-        return sliceStep(tokens, cs, layers: layers, embedding: embedding, output: output, config: config) { li, ending, m, gqkv in
-            // The levels' updates and the next slice's Σ_ℓ g^ℓ.
-            for (j, b) in ending.enumerated() {
-                completeSlice(
-                    layers[li], cs[b].layers[li], slice: cs[b].position / L, summary: m.row(j, D), projections: gqkv.row(j, 3 * D))
-            }
-        }
+        sliceStep(tokens, caches.map { own($0, as: RetinaCache.self) })
     }
 }
 
