@@ -30,6 +30,9 @@ private final class Sequence: @unchecked Sendable {
     let prompt: [Int]
     var decoding: Decoding
     var cache: DecoderCache?
+    /// Prompt tokens already run into the cache: a long prompt goes in over several
+    /// rounds, a chunk per round, so that it never stalls the running streams for long.
+    var prefilled = 0
     /// The logits the next token is sampled from (set by prefill, then by each step).
     var logits: [Float] = []
     /// The token sampled last, fed to the next step.
@@ -61,8 +64,9 @@ final class Scheduler: @unchecked Sendable {
         var queue = 64
         /// Events a request may leave unread before its sequence is cancelled.
         var outputBuffer = 1024
-        /// Prompt tokens prefilled between two steps (at least one whole prompt), so that
-        /// a burst of long prompts does not stall the running streams for long.
+        /// Prompt tokens prefilled between two steps, shared by the prompts still going in
+        /// (in order of arrival): a burst of long prompts delays each step by at most
+        /// this much prefill, however long the prompts are.
         var prefillBudget = 512
     }
 
@@ -82,8 +86,10 @@ final class Scheduler: @unchecked Sendable {
     private var exited: [CheckedContinuation<Void, Never>] = []
     private var hasExited = false
 
-    // The scheduler thread's own.
+    // The scheduler thread's own (read under `condition` by `nextRound`).
     private var running: [Sequence] = []
+    /// Admitted sequences whose prompts are still going in, oldest first.
+    private var prefilling: [Sequence] = []
 
     init(model: LanguageModel, tokenizer: BPETokenizer, eos: Int?, limits: Limits, metrics: ServeMetrics) {
         self.model = model; self.tokenizer = tokenizer; self.eos = eos; self.limits = limits; self.metrics = metrics
@@ -156,9 +162,11 @@ final class Scheduler: @unchecked Sendable {
         while true {
             // A cancelled sequence leaves before anything else happens: before the next step.
             running.removeAll { leaveIfCancelled($0) }
+            prefilling.removeAll { leaveIfCancelled($0) }
             publishCounts()
             guard let newcomers = nextRound() else { break }
-            running += newcomers.filter(prefill)
+            prefilling += newcomers.filter(admit)
+            running += prefillChunks()
             // Sample every sequence's next token; the ones that go on feed it back.
             var goingOn: [Sequence] = []
             for s in running where advance(s) { goingOn.append(s) }
@@ -172,8 +180,8 @@ final class Scheduler: @unchecked Sendable {
             for (i, s) in running.enumerated() { s.logits = Array(logits[(i * V)..<((i + 1) * V)]) }
             metrics.stepBatchSize.record(Double(running.count))
         }
-        fail(running, .shuttingDown)
-        running = []
+        fail(running + prefilling, .shuttingDown)
+        running = []; prefilling = []
         condition.lock()
         let toFail = waiting
         waiting = []
@@ -191,50 +199,65 @@ final class Scheduler: @unchecked Sendable {
     private func nextRound() -> [Sequence]? {
         condition.lock()
         defer { condition.unlock() }
-        while !stopped && running.isEmpty && waiting.isEmpty {
+        while !stopped && running.isEmpty && prefilling.isEmpty && waiting.isEmpty {
             if let drainDeadline { _ = condition.wait(until: drainDeadline) } else { condition.wait() }
             if let drainDeadline, Date() >= drainDeadline { break }
         }
         if stopped { return nil }
         if let drainDeadline, Date() >= drainDeadline {
-            fail(waiting, .shuttingDown)
-            fail(running, .shuttingDown)
-            waiting = []; running = []
+            fail(waiting + running + prefilling, .shuttingDown)
+            waiting = []; running = []; prefilling = []
             runningCount = 0
             self.drainDeadline = nil  // done: wait for stop() now
             metrics.queuedSequences.set(0.0)
             return []
         }
         waiting.removeAll { $0.isCancelled && finishCancelled($0) }
-        var taken: [Sequence] = [], budget = limits.prefillBudget
-        while let next = waiting.first, running.count + taken.count < limits.maxSequences, taken.isEmpty || next.prompt.count <= budget {
-            taken.append(waiting.removeFirst())
-            budget -= next.prompt.count
-        }
-        runningCount = running.count + taken.count
+        let free = max(0, limits.maxSequences - running.count - prefilling.count)
+        let taken = Array(waiting.prefix(free))
+        waiting.removeFirst(taken.count)
+        runningCount = running.count + prefilling.count + taken.count
         metrics.queuedSequences.set(Double(waiting.count))
         return taken
     }
 
-    /// Runs a newcomer's prompt into a new cache; false if it left instead (cancelled,
-    /// nothing to generate, or the model failed).
-    private func prefill(_ s: Sequence) -> Bool {
+    /// Gives a newcomer its cache; false if it left instead (cancelled, or nothing to
+    /// generate).
+    private func admit(_ s: Sequence) -> Bool {
         if leaveIfCancelled(s) { return false }
         if let reason = s.decoding.finished {  // max_tokens 0
             _ = s.send(.end(reason, promptTokens: s.prompt.count, completionTokens: 0))
             s.output.finish()
             return false
         }
-        let cache = model.makeCache()
-        do {
-            s.logits = try model.prefill(s.prompt, cache: cache, logitsFor: (s.prompt.count - 1)..<s.prompt.count)
-        } catch {
-            fail([s], .internalError("prefill failed: \(error)"))
-            return false
-        }
-        s.cache = cache
-        metrics.promptTokens.increment(by: Int64(s.prompt.count))
+        s.cache = model.makeCache()
         return true
+    }
+
+    /// Runs up to `prefillBudget` prompt tokens into the caches of the sequences still
+    /// prefilling, oldest first, and returns the ones whose prompts are now complete
+    /// (their `logits` are the last prompt token's). A sequence the model fails on leaves.
+    private func prefillChunks() -> [Sequence] {
+        var budget = limits.prefillBudget, complete: [Sequence] = []
+        while budget > 0, let s = prefilling.first {
+            let end = min(s.prompt.count, s.prefilled + budget)
+            let last = end == s.prompt.count
+            do {
+                let rows = try model.prefill(
+                    Array(s.prompt[s.prefilled..<end]), cache: s.cache!, logitsFor: last ? (end - s.prefilled - 1)..<(end - s.prefilled) : 0..<0)
+                if last { s.logits = rows }
+            } catch {
+                prefilling.removeFirst()
+                fail([s], .internalError("prefill failed: \(error)"))
+                continue
+            }
+            metrics.promptTokens.increment(by: Int64(end - s.prefilled))
+            budget -= end - s.prefilled
+            s.prefilled = end
+            guard last else { break }
+            complete.append(prefilling.removeFirst())
+        }
+        return complete
     }
 
     /// Samples one token and sends it; false once the sequence has ended.
@@ -273,9 +296,9 @@ final class Scheduler: @unchecked Sendable {
 
     private func publishCounts() {
         condition.lock()
-        runningCount = running.count
+        runningCount = running.count + prefilling.count
         condition.unlock()
-        metrics.activeSequences.set(Double(running.count))
-        metrics.cacheBytes.set(Double(running.reduce(0) { $0 + ($1.cache?.byteCount ?? 0) }))
+        metrics.activeSequences.set(Double(running.count + prefilling.count))
+        metrics.cacheBytes.set(Double((running + prefilling).reduce(0) { $0 + ($1.cache?.byteCount ?? 0) }))
     }
 }

@@ -14,6 +14,8 @@ public struct ServeOptions: Sendable {
     /// Sequences decoded at once, and sequences that may wait for a slot.
     public var maxSequences = 16
     public var queue = 64
+    /// Prompt tokens prefilled between two decode steps (a longer prompt takes several).
+    public var prefillChunk = 512
     /// When set, every /v1 and token route needs `Authorization: Bearer KEY`.
     public var apiKey: String?
     /// Larger request bodies get 413.
@@ -43,7 +45,7 @@ final class Engine: Sendable {
         self.modelName = modelName
         self.options = options
         metrics = ServeMetrics()
-        let limits = Scheduler.Limits(maxSequences: options.maxSequences, queue: options.queue, outputBuffer: options.outputBuffer)
+        let limits = Scheduler.Limits(maxSequences: options.maxSequences, queue: options.queue, outputBuffer: options.outputBuffer, prefillBudget: options.prefillChunk)
         scheduler = Scheduler(model: generator.model, tokenizer: generator.tokenizer, eos: generator.eos, limits: limits, metrics: metrics)
     }
 

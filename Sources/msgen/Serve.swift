@@ -28,6 +28,11 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Requests that may wait for a free sequence; past that the answer is 503.")
     var queue = 64
 
+    @Option(
+        name: .customLong("prefill-chunk"),
+        help: "Prompt tokens run between two decode steps; a longer prompt goes in over several steps, so it never stalls the running streams for long.")
+    var prefillChunk = 512
+
     @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' (default: $MSGEN_API_KEY; none: open).")
     var apiKey: String?
 
@@ -35,6 +40,7 @@ struct Serve: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw MSGenError("--port must be in 0…65535") }
         guard maxSequences >= 1 else { throw MSGenError("--max-sequences must be ≥ 1") }
         guard queue >= 0 else { throw MSGenError("--queue must be ≥ 0") }
+        guard prefillChunk >= 1 else { throw MSGenError("--prefill-chunk must be ≥ 1") }
     }
 
     func run() async throws {
@@ -46,6 +52,7 @@ struct Serve: AsyncParsableCommand {
         options.port = port
         options.maxSequences = maxSequences
         options.queue = queue
+        options.prefillChunk = prefillChunk
         options.apiKey = apiKey ?? ProcessInfo.processInfo.environment["MSGEN_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         let name = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         let host = self.host

@@ -54,6 +54,32 @@ struct LiveTests {
         }
     }
 
+    /// Prompts longer than the prefill chunk go in over several steps while other streams
+    /// decode; each still gives exactly its text alone.
+    @Test(arguments: RouteTests.fixtures)
+    func longPromptsGoInChunkByChunkAndGiveTheirTextAlone(fixture: String) async throws {
+        let engine = try fixtureEngine(fixture) {
+            $0.maxSequences = 8; $0.queue = 0; $0.prefillChunk = 3
+        }
+        let text = engine.tokenizer.encode("In the beginning God created the heaven and the earth. And the earth was without form.")
+        let prompts = (0..<8).map { String(decoding: engine.tokenizer.decode(Array(text.prefix(1 + 2 * $0))), as: UTF8.self) }
+        #expect(engine.tokenizer.encode(prompts[7]).count > 3 * 4, "the longest prompt takes several chunks")
+        let alone = try (0..<8).map { try referenceText(engine.generator, prompts[$0], options(seed: UInt64(7 + $0), maxTokens: 10)).text }
+        try await makeApplication(engine).test(.live) { client in
+            let port = try #require(client.port)
+            let streams = try await blocking {
+                try onThreads(8) { i in
+                    let c = try RawHTTP(port: port)
+                    let body = jsonBody(["prompt": prompts[i], "max_tokens": 10, "seed": 7 + i, "ignore_eos": true, "stream": true])
+                    c.request("POST", "/v1/completions", body: body)
+                    let r = try c.response()
+                    return (r.status, try streamedText(r.body).text)
+                }
+            }
+            for i in 0..<8 { #expect(streams[i].0 == 200 && streams[i].1 == alone[i], "stream \(i)") }
+        }
+    }
+
     @Test func aDisconnectedStreamLeavesAtOnce() async throws {
         let engine = try fixtureEngine()
         try await makeApplication(engine).test(.live) { client in
