@@ -80,4 +80,25 @@ struct MultiScaleCLITests {
         #expect(r.stderr.split(separator: "\n").count == 1, "\(r.stderr)")
         #expect(r.stderr.contains("config 'max_positions' 18 is not a multiple of pool_factor^(scales−1) = 2^2"), "\(r.stderr)")
     }
+
+    /// A retina model has no context limit: `msgen perplexity` scores a file in one pass
+    /// through the bounded cache unless --context asks for windows.
+    @Test func retinaPerplexityStreamsByDefault() throws {
+        let out = Self.dir.appendingPathComponent("retina.msz").path
+        let c = try CLI.run(["convert", Self.golden("retina_a2_m2_k2_w2_shared_untied"), "-o", out])
+        #expect(c.status == 0, "\(c.stderr)")
+        let psalm = Self.fixtures.appendingPathComponent("perplexity/psalm.txt").path
+        func score(_ extra: [String]) throws -> [String: Any] {
+            let r = try CLI.run(["perplexity", "--model", out, "--json"] + extra + [psalm])
+            #expect(r.status == 0, "\(r.stderr)")
+            return try JSONSerialization.jsonObject(with: r.stdout) as! [String: Any]
+        }
+        let byDefault = try score([]), streamed = try score(["--stream"]), windows = try score(["--context", "16"])
+        #expect(byDefault["stream"] as? Bool == true && windows["stream"] as? Bool == false)
+        let ppl = byDefault["ppl"] as? Double ?? .nan
+        #expect(ppl == streamed["ppl"] as? Double, "the default is the one pass")
+        // Windows of 16 tokens see less of the past than the one pass: a different score.
+        #expect(abs(ppl - (windows["ppl"] as? Double ?? .nan)) > 1e-6 * ppl)
+        #expect((byDefault["tokens"] as? Int ?? 0) > 1000)
+    }
 }
