@@ -58,12 +58,7 @@ public final class CSTDecoder: SliceDecoder, LoadableModel, @unchecked Sendable 
     let output: OutputHead
 
     struct Layer: SliceLayer {
-        let norm1: (weight: Floats, bias: Floats)
-        let qkv: Linear  // [Wq; Wk; Wv]: one [3D, D] product
-        let o: Linear
-        let globalQKV: Linear  // [Wgq; Wgk; Wgv], the same as qkv when shared
-        let ffn: FeedForward
-        let local: LocalAttention  // with P_l·Wqᵀ, P_l·Wkᵀ
+        let parts: SliceLayerParts
         let pgQ, pgK: Floats  // P_g·Wgqᵀ, P_g·Wgkᵀ [G, D]
     }
 
@@ -76,16 +71,11 @@ public final class CSTDecoder: SliceDecoder, LoadableModel, @unchecked Sendable 
         embedding = try Embedding(w, config: c.common)
         let pl = try w.tensor("pos_local.weight", [E + L, D]), pg = try w.tensor("pos_global.weight", [G, D])
         layers = try (0..<c.nLayers).map { i in
-            let p = "layers.\(i)."
-            let norm1 = try w.norm(p + "norm1", D)
-            let qkv = try w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
-            let o = try w.linear(p + "attn.o_proj", out: D, in: D)
-            let g = try c.sharedLocalGlobal ? qkv : w.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+            let parts = try SliceLayerParts(
+                w, layer: i, config: c.common, sharedLocalGlobal: c.sharedLocalGlobal, localPositions: pl, sliceLength: L, leftExtension: E)
             // Positional parts of the projections, without bias: (u + P)·Wᵀ + b = u·Wᵀ + b + P·Wᵀ.
-            return Layer(
-                norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: try FeedForward(w, prefix: p, config: c.common),
-                local: LocalAttention(qkv: qkv, positions: pl, config: c.common, sliceLength: L, leftExtension: E),
-                pgQ: g.rows(0..<D).withoutBias(pg.p, rows: G), pgK: g.rows(D..<(2 * D)).withoutBias(pg.p, rows: G))
+            let g = parts.globalQKV
+            return Layer(parts: parts, pgQ: g.rows(0..<D).withoutBias(pg.p, rows: G), pgK: g.rows(D..<(2 * D)).withoutBias(pg.p, rows: G))
         }
         output = try OutputHead(w, config: c.common, embedding: embedding)
     }

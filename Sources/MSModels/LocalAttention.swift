@@ -80,14 +80,43 @@ struct LocalAttention: @unchecked Sendable {
     }
 }
 
-/// What the batched step of a slice decoder (CST, retina) reads of one of its layers.
+/// The parts of a slice decoder's layer (CST, retina) that both load and use the same way:
+/// everything but the positional parts of their global attention.
+struct SliceLayerParts {
+    let norm1: (weight: Floats, bias: Floats)
+    let qkv: Linear  // [Wq; Wk; Wv]: one [3D, D] product
+    let o: Linear
+    let globalQKV: Linear  // [Wgq; Wgk; Wgv], the same as qkv when shared
+    let ffn: FeedForward
+    let local: LocalAttention  // with P_l·Wqᵀ, P_l·Wkᵀ
+
+    /// Layer i's tensors (`layers.{i}.`), with the P_l table `pl` [E+L, D].
+    init(_ w: Weights, layer i: Int, config c: CommonConfig, sharedLocalGlobal: Bool, localPositions pl: Floats, sliceLength L: Int, leftExtension E: Int)
+        throws
+    {
+        let p = "layers.\(i).", D = c.dModel
+        norm1 = try w.norm(p + "norm1", D)
+        qkv = try w.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+        o = try w.linear(p + "attn.o_proj", out: D, in: D)
+        globalQKV = try sharedLocalGlobal ? qkv : w.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+        ffn = try FeedForward(w, prefix: p, config: c)
+        local = LocalAttention(qkv: qkv, positions: pl, config: c, sliceLength: L, leftExtension: E)
+    }
+}
+
+/// What the batched step of a slice decoder reads of one of its layers: the shared parts
+/// (each model's layer adds the positional parts of its global attention).
 protocol SliceLayer {
-    var norm1: (weight: Floats, bias: Floats) { get }
-    var qkv: Linear { get }
-    var local: LocalAttention { get }
-    var o: Linear { get }
-    var globalQKV: Linear { get }
-    var ffn: FeedForward { get }
+    var parts: SliceLayerParts { get }
+}
+
+extension SliceLayer {
+    var norm1: (weight: Floats, bias: Floats) { parts.norm1 }
+    var qkv: Linear { parts.qkv }
+    var local: LocalAttention { parts.local }
+    var o: Linear { parts.o }
+    var globalQKV: Linear { parts.globalQKV }
+    var ffn: FeedForward { parts.ffn }
 }
 
 /// What it reads and writes of one layer's cache state.

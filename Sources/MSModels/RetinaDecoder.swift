@@ -75,12 +75,7 @@ public final class RetinaDecoder: SliceDecoder, LoadableModel, @unchecked Sendab
     let output: OutputHead
 
     struct Layer: SliceLayer {
-        let norm1: (weight: Floats, bias: Floats)
-        let qkv: Linear  // [Wq; Wk; Wv]: one [3D, D] product
-        let o: Linear
-        let globalQKV: Linear  // [Wgq; Wgk; Wgv], the same as qkv when shared
-        let ffn: FeedForward
-        let local: LocalAttention
+        let parts: SliceLayerParts
         let levelQ: [Floats]  // per level: P_ℓ[w]·Wgqᵀ  [D]
         let levelK: [Floats]  // per level: P_ℓ[age]·Wgkᵀ for age 0…w−1  [w, D]
     }
@@ -95,16 +90,12 @@ public final class RetinaDecoder: SliceDecoder, LoadableModel, @unchecked Sendab
         let pl = try wt.tensor("pos_local.weight", [E + L, D])
         let pLevels = try (1...c.levels).map { try wt.tensor("pos_levels.\($0).weight", [w + 1, D]) }
         layers = try (0..<c.nLayers).map { i in
-            let p = "layers.\(i)."
-            let norm1 = try wt.norm(p + "norm1", D)
-            let qkv = try wt.fused(["q", "k", "v"].map { p + "attn.\($0)_proj" }, out: D, in: D)
-            let o = try wt.linear(p + "attn.o_proj", out: D, in: D)
-            let g = try c.sharedLocalGlobal ? qkv : wt.fused(["gq", "gk", "gv"].map { p + "attn.\($0)_proj" }, out: D, in: D)
+            let parts = try SliceLayerParts(
+                wt, layer: i, config: c.common, sharedLocalGlobal: c.sharedLocalGlobal, localPositions: pl, sliceLength: L, leftExtension: E)
             // Positional parts of the projections, without bias: (m + P)·Wᵀ + b = m·Wᵀ + b + P·Wᵀ.
+            let g = parts.globalQKV
             return Layer(
-                norm1: norm1, qkv: qkv, o: o, globalQKV: g, ffn: try FeedForward(wt, prefix: p, config: c.common),
-                local: LocalAttention(qkv: qkv, positions: pl, config: c.common, sliceLength: L, leftExtension: E),
-                levelQ: pLevels.map { g.rows(0..<D).withoutBias($0.p + w * D, rows: 1) },
+                parts: parts, levelQ: pLevels.map { g.rows(0..<D).withoutBias($0.p + w * D, rows: 1) },
                 levelK: pLevels.map { g.rows(D..<(2 * D)).withoutBias($0.p, rows: w) })
         }
         output = try OutputHead(wt, config: c.common, embedding: embedding)
