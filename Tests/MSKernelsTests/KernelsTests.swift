@@ -109,6 +109,33 @@ struct KernelsTests {
         }
     }
 
+    /// All heads at once equal one `attend` per head, exactly (the same sums in the same
+    /// order), with the heads split over the threads (when there are several) or not, with
+    /// few keys and enough to split.
+    @Test func attendHeadsEqualsAttendPerHead() {
+        let (H, dh) = (5, 24), row = H * dh + 3  // rows wider than the heads, as in a [q | k | v] row
+        for n in [1, 7, 700] {
+            let q = (0..<row).map { Float(($0 * 7) % 17) / 17 - 0.5 }
+            let k = (0..<(n * row)).map { Float(($0 * 5) % 13) / 13 - 0.5 }
+            let v = (0..<(n * row)).map { Float(($0 * 3) % 11) / 11 }
+            var expected = [Float](repeating: 0, count: H * dh), scores = [Float](repeating: 0, count: H * n)
+            for h in 0..<H {
+                var one = [Float](repeating: 0, count: dh)
+                Kernels.attend(
+                    query: Array(q[(h * dh)...]), keys: Array(k[(h * dh)...]), keyStride: row, values: Array(v[(h * dh)...]),
+                    valueStride: row, count: n, headDim: dh, scale: 0.3, scores: &scores, into: &one)
+                expected.replaceSubrange((h * dh)..<((h + 1) * dh), with: one)
+            }
+            for split in [true, false] {
+                var out = [Float](repeating: .nan, count: H * dh)
+                Kernels.attendHeads(
+                    query: q, keys: k, keyStride: row, values: v, valueStride: row, count: n, heads: H, headDim: dh,
+                    scale: 0.3, split: split, scores: &scores, into: &out)
+                #expect(out == expected, "n \(n) split \(split)")
+            }
+        }
+    }
+
     /// Blocked causal attention equals one `attend` per query, across block edges.
     @Test func causalAttentionEqualsPerQueryAttention() {
         let (start, count, dh) = (5, 300, 8)
