@@ -21,6 +21,21 @@ struct KernelsTests {
         #expect(worst < 1e-6, "worst relative error \(worst)")
     }
 
+    @Test(arguments: [true, false]) func geluTanhMatchesLibm(avx2: Bool) {
+        Kernels.avx2 = avx2
+        defer { Kernels.avx2 = true }
+        let xs = (0..<20_003).map { Float($0) / 1000 - 10 } + [0, -0.0, 1e-8, -1e-8, -87, 87, 300, -300]
+        var y = xs
+        y.withUnsafeMutableBufferPointer { Kernels.geluTanh($0.baseAddress!, count: $0.count) }
+        var worst: Float = 0
+        for (x, g) in zip(xs, y) {
+            let v = Double(x)
+            let exact = Float(0.5 * v * (1 + Foundation.tanh(0.79788456080286536 * (v + 0.044715 * v * v * v))))
+            worst = max(worst, abs(g - exact) / max(1, abs(exact)))
+        }
+        #expect(worst < 1e-6, "worst relative error \(worst)")
+    }
+
     /// Softmax, log-sum-exp, maximum and sum against Double loops, at lengths that
     /// exercise the 8-lane body, the tail and the periodic widening of partial sums.
     @Test(arguments: [true, false]) func reductionsMatchDoubleLoops(avx2: Bool) {
