@@ -1,6 +1,6 @@
 """msgen vs llama.cpp on the same GPT-2-small-shaped weights, side by side in one run.
 
-    .venv/bin/python tools/bench_llamacpp.py [--msgen PATH] [--quick] [--threads 1 2] [--native-openblas]
+    .venv/bin/python tools/bench_llamacpp.py [--msgen PATH] [--quick] [--threads 1 2] [--pin CPU] [--native-openblas]
 
 Needs the `bench` extra (pip install -e 'tools[bench]': gguf, llama-cpp-python).
 
@@ -22,8 +22,10 @@ Needs the `bench` extra (pip install -e 'tools[bench]': gguf, llama-cpp-python).
    work on the machine only ever slows a run down, so the best run is the least disturbed.
 4. The memory-bandwidth limit: the weight bytes each decoded token reads (every matrix and
    vector once; the tied embedding is the LM head; position rows aside) divided by this
-   machine's read bandwidth, measured here with numpy sums over a buffer far larger than
-   the L3 cache (best of several, per thread count). KV-cache reads come on top of it.
+   machine's read bandwidth, per thread count: the faster of numpy sums over a buffer far
+   larger than the L3 cache (best of several) and `msgen bench --bandwidth` (its widest
+   loads; numpy's float sum falls short of the memory on some CPUs). KV-cache reads come
+   on top of it.
 
 Prints a table with msgen/llama.cpp ratios, which kernels each side used (llama.cpp's
 system_info; msgen's version, the CPU's SIMD flags and the OpenBLAS core it picks) and
@@ -152,6 +154,19 @@ def read_bandwidth(threads, mib=1024, repetitions=5):
     return buf.nbytes / min(once() for _ in range(repetitions))
 
 
+def msgen_read_bandwidth(msgen, model, threads, env):
+    """msgen's own read probe (`msgen bench --bandwidth`: the widest loads this CPU has, over
+    256 MB) in bytes/s, or None if it fails. numpy's sum is slower than the memory on an
+    AVX-512 machine (it adds floats in order), which would put the limit too low."""
+    cmd = [str(msgen), "bench", "--model", str(model), "--context", "1", "--repetitions", "1", "--decode-tokens", "1",
+           "--threads", str(threads), "--bandwidth", "--json"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    try:
+        return json.loads(r.stdout)["read_bandwidth_gb_per_second"] * 1e9
+    except (ValueError, KeyError):
+        return None
+
+
 def cpu_flags():
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -197,8 +212,14 @@ def bench_tokens(n, vocab, offset=0):
     return [((i + offset) * 2_654_435_761) % vocab for i in range(n)]
 
 
+def pinned(threads, a):
+    """The CPUs a run of `threads` threads is pinned to (--pin: one-thread runs only), or None."""
+    return {a.pin} if a.pin is not None and threads == 1 else None
+
+
 def run_msgen(msgen, model, depths, threads, a, env):
-    cmd = [str(msgen), "bench", "--model", str(model), "--context", *map(str, depths), "--threads", str(threads),
+    cpus = pinned(threads, a)
+    cmd = (["taskset", "-c", ",".join(map(str, cpus))] if cpus else []) + [str(msgen), "bench", "--model", str(model), "--context", *map(str, depths), "--threads", str(threads),
            "--repetitions", str(a.repetitions), "--decode-tokens", str(a.decode_tokens), "--json"]
     r = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
     j = json.loads(r.stdout)
@@ -206,7 +227,7 @@ def run_msgen(msgen, model, depths, threads, a, env):
         prefill={p["tokens"]: p["tokens"] / p["seconds"]["min"] for p in j["prefill"]},
         decode={d["depth"]: 1 / d["seconds_per_token"]["min"] for d in j["decode"]},
         cache_bytes={d["depth"]: d["cache_bytes"] for d in j["decode"]},
-        resident_weight_bytes=j.get("weight_bytes"), peak_rss=j.get("peak_rss_bytes"),
+        resident_weight_bytes=j.get("weight_bytes"), peak_rss=j.get("peak_rss_bytes"), kernels=j.get("cpu_kernels"),
         extra={k: v for k, v in j.items() if k not in ("prefill", "decode", "model")},
     )
 
@@ -224,6 +245,19 @@ def silence_llamacpp():
 
 
 def run_llamacpp(gguf_path, depths, threads, a, vocab):
+    cpus = pinned(threads, a)
+    if not cpus:
+        return run_llamacpp_here(gguf_path, depths, threads, a, vocab)
+    # llama.cpp runs in this process: pin it (and the threads it starts) for the run.
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        return run_llamacpp_here(gguf_path, depths, threads, a, vocab)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def run_llamacpp_here(gguf_path, depths, threads, a, vocab):
     from llama_cpp import Llama
 
     n_ctx = max(depths) + a.decode_tokens * a.repetitions + 8
@@ -332,6 +366,8 @@ def main():
                     help="run llama.cpp without flash attention (llama-cpp-python's default; llama.cpp's is on)")
     ap.add_argument("--native-openblas", action="store_true",
                     help="run msgen without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (OpenBLAS picks its own kernels)")
+    ap.add_argument("--pin", type=int, default=None, metavar="CPU",
+                    help="run both sides' one-thread runs on this CPU only (a busy machine moves threads around less)")
     ap.add_argument("--work", type=Path, default=WORK, help="where the model files are kept (default tools/runs/bench-llamacpp)")
     a = ap.parse_args()
     a.depths = a.depths or ([16, 64] if a.quick else [128, 1024])
@@ -356,7 +392,11 @@ def main():
     ckpt = make_checkpoint(shape, a.work / ("tiny" if a.quick else "gpt2-small"))
     files = convert_all(a.msgen, ckpt, a.dtypes, env)
     weight_bytes = {dt: gguf_export.decode_bytes_per_token(files[dt][1]) for dt in a.dtypes}
-    measured = {t: read_bandwidth(t, mib=256 if a.quick else 1024) for t in sorted(set(a.threads) | {1})}
+    numpy_bw = {t: read_bandwidth(t, mib=256 if a.quick else 1024) for t in sorted(set(a.threads) | {1})}
+    probe_model = files[a.dtypes[-1]][0]
+    msgen_bw = {t: msgen_read_bandwidth(a.msgen, probe_model, t, env) for t in numpy_bw}
+    # The faster of the two probes: the stricter (higher) limit.
+    measured = {t: max(numpy_bw[t], msgen_bw[t] or 0) for t in numpy_bw}
     # T threads can always read at least as fast as fewer threads (on a busy machine a
     # second thread may find no free core), so each limit uses the best of up to T threads.
     bandwidth = {t: max(bw for k, bw in measured.items() if k <= t) for t in a.threads}
@@ -366,7 +406,9 @@ def main():
           f"{'  (the machine is busy: figures are noisy)' if load[0] > 0.5 * os.cpu_count() else ''}")
     print(f"model: {ckpt.name} {shape}, tied embeddings, random weights")
     for t, bw in measured.items():
-        print(f"read bandwidth, {t} thread(s): {bw / 1e9:.1f} GB/s (numpy sum over {256 if a.quick else 1024} MiB, best of 5)")
+        probe = f"{msgen_bw[t] / 1e9:.1f} GB/s" if msgen_bw[t] else "failed"
+        print(f"read bandwidth, {t} thread(s): {bw / 1e9:.1f} GB/s, the faster of numpy's sum over {256 if a.quick else 1024} MiB"
+              f" (best of 5: {numpy_bw[t] / 1e9:.1f} GB/s) and msgen bench --bandwidth ({probe})")
     for dt in a.dtypes:
         print(f"weight bytes per token, {dt}: {weight_bytes[dt] / 1e6:.1f} MB")
     version = subprocess.run([str(a.msgen), "--version"], capture_output=True, text=True, env=env).stdout.strip()
@@ -383,8 +425,16 @@ def main():
             m = run_msgen(a.msgen, msz_path, a.depths, t, a, env)
             ll = run_llamacpp(gguf_path, a.depths, t, a, shape["vocab_size"])
             results[dt][t] = dict(msgen=m, llama=ll)
-            print(f"  {dt} {t} thread(s): msgen decode {', '.join(fmt(v) for v in m['decode'].values())} tok/s, "
+            print(f"  {dt} {t} thread(s){' pinned to CPU ' + str(a.pin) if pinned(t, a) else ''}: msgen ({m['kernels']} kernels)"
+                  f" decode {', '.join(fmt(v) for v in m['decode'].values())} tok/s, "
                   f"llama.cpp {', '.join(fmt(v) for v in ll['decode'].values())} tok/s", flush=True)
+    # Measured again after the runs, keeping the better: a busy machine gives a probe a
+    # bad moment as easily as a run, and a low bandwidth would flatter both runtimes.
+    for t in measured:
+        measured[t] = max(measured[t], read_bandwidth(t, mib=256 if a.quick else 1024), msgen_read_bandwidth(a.msgen, probe_model, t, env) or 0)
+    bandwidth = {t: max(bw for k, bw in measured.items() if k <= t) for t in a.threads}
+    print("read bandwidth after the runs (the better of before and after): "
+          + ", ".join(f"{t} thread(s) {bw / 1e9:.1f} GB/s" for t, bw in measured.items()))
     print_table(results, a.depths, a.threads, bandwidth, weight_bytes)
     if results:
         any_m = next(iter(next(iter(results.values())).values()))["msgen"]

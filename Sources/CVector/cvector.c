@@ -72,6 +72,26 @@ INLINE void gelu(float *x, long n) {
     }
 }
 
+/* GPT-2's GELU, v·(1 + tanh(√(2/π)·(v + 0.044715·v³)))/2, with tanh|u| = (1 − e)/(1 + e)
+   for e = e^(−2|u|) ≤ 1 (so exp8 never overflows) and tanh's sign put back. The error
+   in tanh is absolute (~1e-7), so relative to the output it is float rounding. */
+INLINE v8f gelu_tanh8(v8f v) {
+    v8f u = 0.79788456080286536f * (v + 0.044715f * v * v * v);
+    v8i sign = (v8i)u & (v8i)splat(-0.f);
+    v8f e = exp8(-2.f * (v8f)((v8i)u ^ sign));
+    v8f t = (v8f)((v8i)((1.f - e) / (1.f + e)) ^ sign);
+    return 0.5f * v * (1.f + t);
+}
+INLINE void gelu_tanh(float *x, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) store(x + i, gelu_tanh8(load(x + i)));
+    if (i < n) {  /* the tail through the same formula, in a padded vector */
+        float tail[8] = {0};
+        memcpy(tail, x + i, (size_t)(n - i) * sizeof(float));
+        store(tail, gelu_tanh8(load(tail)));
+        memcpy(x + i, tail, (size_t)(n - i) * sizeof(float));
+    }
+}
 INLINE float maximum(const float *x, long n) {
     v8f acc = splat(-INFINITY);
     long i = 0;
@@ -176,6 +196,7 @@ void msgen_vector_set_level(int wanted) {
     void exported params { PICK(kernel##_avx2 args, kernel##_base args); }
 
 TWO_COPIES_VOID(msgen_gelu, gelu, (float *x, long n), (x, n))
+TWO_COPIES_VOID(msgen_gelu_tanh, gelu_tanh, (float *x, long n), (x, n))
 TWO_COPIES(float, msgen_max, maximum, (const float *x, long n), (x, n))
 TWO_COPIES(double, msgen_sum_exp, sum_exp, (const float *x, long n, float m), (x, n, m))
 TWO_COPIES_VOID(msgen_softmax, softmax, (float *x, long n), (x, n))

@@ -172,19 +172,22 @@ INLINE __m256 qstep_avx2(__m256 acc, QW_avx2 w, __m256i x, float dw, float dx) {
    with vpdpbusd (u8 × s8, four pairs into each int32 lane, no 16-bit step): lanes 0–7
    hold the first block's sums, 8–15 the second's, and the scales are spread to match.
    Half the instructions of the one-block AVX2 step, which could not keep up with memory.
-   The sign trick as above, with AVX-512's byte masks for the signs (there is no 512-bit
-   vpsignb). A row's last odd block runs the same code with the upper half zero. ---- */
+   No sign trick: the weights as unsigned bytes w + 128 (one xor), so vpdpbusd gives
+   Σ(w + 128)·x, started from −128·Σx (which depends on x only: computed once per step and
+   shared by the rows of the step) to give Σ w·x exactly; two instructions a row fewer
+   than taking |w| and moving its sign onto x (+20 % with W in cache). A row's last odd
+   block runs the same code with the upper half zero. ---- */
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), \
                              apply_to = function)
 #define NAME(f) f##_vnni
 #define QBLOCKS 2
-typedef struct { __m512i aw; __mmask64 negative; } QW_vnni;
-/* The weights of c (1 or 2) blocks at blk, blk + 34. */
+typedef __m512i QW_vnni;
+/* The weights of c (1 or 2) blocks at blk, blk + 34, as unsigned bytes w + 128. */
 INLINE QW_vnni qprep_vnni(const char *blk, int c) {
     __m512i w = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(blk + 2)));
     if (c == 2) w = _mm512_inserti64x4(w, _mm256_loadu_si256((const __m256i *)(blk + 36)), 1);
     else w = _mm512_zextsi256_si512(_mm512_castsi512_si256(w));
-    return (QW_vnni){_mm512_abs_epi8(w), _mm512_movepi8_mask(w)};
+    return _mm512_xor_si512(w, _mm512_set1_epi8((char)0x80));
 }
 /* Two floats (the second zero when c == 1) spread to lanes 0–7 and 8–15. */
 INLINE __m512 spread2(__m128 two) {
@@ -199,12 +202,15 @@ INLINE __m512 qscale_vnni(const char *blk, int c) {
 INLINE __m512 qxscale_vnni(const float *d, int c) {
     return spread2(_mm_setr_ps(d[0], c == 2 ? d[1] : 0, 0, 0));
 }
-INLINE __m512i qxload_vnni(const signed char *p, int c) {
-    return c == 2 ? _mm512_loadu_si512(p) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)p));
+/* x's bytes, and −128·x summed in fours: what Σ(w + 128)·x starts from to give Σ w·x. */
+typedef struct { __m512i x, start; } QX_vnni;
+INLINE QX_vnni qxload_vnni(const signed char *p, int c) {
+    __m512i x = c == 2 ? _mm512_loadu_si512(p) : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)p));
+    __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), x);
+    return (QX_vnni){x, _mm512_sub_epi32(_mm512_setzero_si512(), s)};
 }
-INLINE __m512 qstep_vnni(__m512 acc, QW_vnni w, __m512i x, __m512 dw, __m512 dx) {
-    __m512i sx = _mm512_mask_sub_epi8(x, w.negative, _mm512_setzero_si512(), x);
-    __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w.aw, sx);
+INLINE __m512 qstep_vnni(__m512 acc, QW_vnni w, QX_vnni x, __m512 dw, __m512 dx) {
+    __m512i sums = _mm512_dpbusd_epi32(x.start, w, x.x);
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(dw, dx), acc);
 }
 #define QS __m512
@@ -214,7 +220,7 @@ INLINE __m512 qstep_vnni(__m512 acc, QW_vnni w, __m512i x, __m512 dw, __m512 dx)
 #define qzero() _mm512_setzero_ps()
 #define QW QW_vnni
 #define qprep qprep_vnni
-#define QX __m512i
+#define QX QX_vnni
 #define qxload qxload_vnni
 #define qstep qstep_vnni
 #define qhsum(a) _mm512_reduce_add_ps(a)

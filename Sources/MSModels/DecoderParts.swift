@@ -172,15 +172,14 @@ struct BlockStack {
             Kernels.layerNorm(h, rows: B, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: eps, into: u.p)
             l.qkv.apply(u.p, rows: B, into: qkv.p)
             Kernels.parallelFor(B, minimum: 4) { range in
-                let scores = Floats(count: keys, zeroed: false)
+                let scores = Floats(count: H * keys, zeroed: false)
                 for b in range {
                     let s = states[b][li], p = positions[b]
                     s.append(qkv.row(b, 3 * D), at: p)
-                    for hd in 0..<H {
-                        Kernels.attend(
-                            query: qkv.row(b, 3 * D) + hd * dh, keys: s.k.p + hd * dh, keyStride: D, values: s.v.p + hd * dh,
-                            valueStride: D, count: p + 1, headDim: dh, scale: scale, scores: scores.p, into: a.row(b, D) + hd * dh)
-                    }
+                    // The heads split over the threads only when the batch is not.
+                    Kernels.attendHeads(
+                        query: qkv.row(b, 3 * D), keys: s.k.p, keyStride: D, values: s.v.p, valueStride: D, count: p + 1,
+                        heads: H, headDim: dh, scale: scale, split: range.count == B, scores: scores.p, into: a.row(b, D))
                 }
             }
             l.o.apply(a.p, rows: B, into: h, accumulate: true)

@@ -21,6 +21,21 @@ struct KernelsTests {
         #expect(worst < 1e-6, "worst relative error \(worst)")
     }
 
+    @Test(arguments: [true, false]) func geluTanhMatchesLibm(avx2: Bool) {
+        Kernels.avx2 = avx2
+        defer { Kernels.avx2 = true }
+        let xs = (0..<20_003).map { Float($0) / 1000 - 10 } + [0, -0.0, 1e-8, -1e-8, -87, 87, 300, -300]
+        var y = xs
+        y.withUnsafeMutableBufferPointer { Kernels.geluTanh($0.baseAddress!, count: $0.count) }
+        var worst: Float = 0
+        for (x, g) in zip(xs, y) {
+            let v = Double(x)
+            let exact = Float(0.5 * v * (1 + Foundation.tanh(0.79788456080286536 * (v + 0.044715 * v * v * v))))
+            worst = max(worst, abs(g - exact) / max(1, abs(exact)))
+        }
+        #expect(worst < 1e-6, "worst relative error \(worst)")
+    }
+
     /// Softmax, log-sum-exp, maximum and sum against Double loops, at lengths that
     /// exercise the 8-lane body, the tail and the periodic widening of partial sums.
     @Test(arguments: [true, false]) func reductionsMatchDoubleLoops(avx2: Bool) {
@@ -106,6 +121,33 @@ struct KernelsTests {
         for d in 0..<dh {
             let expected = (0..<n).reduce(0.0) { $0 + s[$1] / total * Double(values[$1 * dh + d]) }
             #expect(abs(Double(out[d]) - expected) < 1e-5)
+        }
+    }
+
+    /// All heads at once equal one `attend` per head, exactly (the same sums in the same
+    /// order), with the heads split over the threads (when there are several) or not, with
+    /// few keys and enough to split.
+    @Test func attendHeadsEqualsAttendPerHead() {
+        let (H, dh) = (5, 24), row = H * dh + 3  // rows wider than the heads, as in a [q | k | v] row
+        for n in [1, 7, 700] {
+            let q = (0..<row).map { Float(($0 * 7) % 17) / 17 - 0.5 }
+            let k = (0..<(n * row)).map { Float(($0 * 5) % 13) / 13 - 0.5 }
+            let v = (0..<(n * row)).map { Float(($0 * 3) % 11) / 11 }
+            var expected = [Float](repeating: 0, count: H * dh), scores = [Float](repeating: 0, count: H * n)
+            for h in 0..<H {
+                var one = [Float](repeating: 0, count: dh)
+                Kernels.attend(
+                    query: Array(q[(h * dh)...]), keys: Array(k[(h * dh)...]), keyStride: row, values: Array(v[(h * dh)...]),
+                    valueStride: row, count: n, headDim: dh, scale: 0.3, scores: &scores, into: &one)
+                expected.replaceSubrange((h * dh)..<((h + 1) * dh), with: one)
+            }
+            for split in [true, false] {
+                var out = [Float](repeating: .nan, count: H * dh)
+                Kernels.attendHeads(
+                    query: q, keys: k, keyStride: row, values: v, valueStride: row, count: n, heads: H, headDim: dh,
+                    scale: 0.3, split: split, scores: &scores, into: &out)
+                #expect(out == expected, "n \(n) split \(split)")
+            }
         }
     }
 

@@ -169,10 +169,11 @@ struct LinearTests {
     }
 
     /// Fixed edge shapes: one column, exactly one vector, one over, the 32-wide q8 block, and
-    /// a long row.
+    /// a long row; around the single-row kernels' unrolling (four 16-float vectors = 64
+    /// values; q8: two steps of two blocks = 128 values, with 1–3 blocks left over).
     @Test(arguments: WeightType.allCases) func matvecEdgeShapes(type: WeightType) {
         var rng = Random(seed: 7)
-        let ks = type == .q8 ? [32, 64, 96, 3072] : [1, 8, 15, 16, 17, 31, 32, 33, 3075]  // (3072: GPT-2's d_ff)
+        let ks = type == .q8 ? [32, 64, 96, 128, 160, 224, 3072] : [1, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129, 3075]  // (3072: GPT-2's d_ff)
         for level in Self.levels {
             for k in ks {
                 for (m, n) in [(1, 1), (1, 4), (1, 5), (2, 7), (4, 3), (8, 2), (9, 9)] {

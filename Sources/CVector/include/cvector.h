@@ -7,6 +7,8 @@
 
 /* x = x·Φ(x), exact (erf) GELU, in place. */
 void msgen_gelu(float *x, long n);
+/* x = GELU's tanh approximation (GPT-2's) of x, in place. */
+void msgen_gelu_tanh(float *x, long n);
 /* The largest of n > 0 values. */
 float msgen_max(const float *x, long n);
 /* Σ e^(x[i] − m) for m ≥ every x[i], partial sums widened to double as they grow. */
