@@ -101,9 +101,21 @@ def gemm_bound(context: int, threads: int, repetitions: int = 5) -> dict:
     return dict(tps=threads * (context - 1) / best, gflops=flops / best / 1e9, flop_per_token=flops / (context - 1))
 
 
+def kernels_used() -> str:
+    """What each side ran: msgen's own kernel level and OpenBLAS's core (its sgemm), and
+    PyTorch's CPU capability (its vector kernels) and GEMM backend."""
+    level = json.loads(run(["bench", "--context", "16", "--repetitions", "1", "--decode-tokens", "2", "--json"]).stdout)["cpu_kernels"]
+    blas = ctypes.CDLL("libopenblas.so.0")
+    blas.openblas_get_corename.restype = ctypes.c_char_p
+    gemm = "MKL" if torch.backends.mkl.is_available() else "its own"
+    return (f"msgen {level} + OpenBLAS {blas.openblas_get_corename().decode()}; "
+            f"PyTorch {torch.__version__} CPU capability {torch.backends.cpu.get_cpu_capability()}, GEMM {gemm}")
+
+
 def print_scoring(a, scoring: dict):
     print(f"machine: {os.cpu_count()} cores, {a.threads} threads each for msgen and PyTorch; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}")
+    print("kernels:", kernels_used())
     print(f"\nscoring (perplexity windows of 1024, tokens/s, best of {a.repetitions})")
     for name, s in scoring.items():
         print(f"  {name:9s} msgen {s['msgen_tps']:8.0f}   pytorch {s['torch_tps']:8.0f}   msgen/pytorch {s['msgen_tps'] / s['torch_tps']:.2f}x"

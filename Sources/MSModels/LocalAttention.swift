@@ -91,7 +91,10 @@ struct SliceLayerParts {
     let local: LocalAttention  // with P_l·Wqᵀ, P_l·Wkᵀ
 
     /// Layer i's tensors (`layers.{i}.`), with the P_l table `pl` [E+L, D].
-    init(_ w: Weights, layer i: Int, config c: CommonConfig, sharedLocalGlobal: Bool, localPositions pl: Floats, sliceLength L: Int, leftExtension E: Int)
+    init(
+        _ w: Weights, layer i: Int, config c: CommonConfig, sharedLocalGlobal: Bool, localPositions pl: Floats, sliceLength L: Int,
+        leftExtension E: Int
+    )
         throws
     {
         let p = "layers.\(i).", D = c.dModel

@@ -45,7 +45,8 @@ final class Engine: Sendable {
         self.modelName = modelName
         self.options = options
         metrics = ServeMetrics()
-        let limits = Scheduler.Limits(maxSequences: options.maxSequences, queue: options.queue, outputBuffer: options.outputBuffer, prefillBudget: options.prefillChunk)
+        let limits = Scheduler.Limits(
+            maxSequences: options.maxSequences, queue: options.queue, outputBuffer: options.outputBuffer, prefillBudget: options.prefillChunk)
         scheduler = Scheduler(model: generator.model, tokenizer: generator.tokenizer, eos: generator.eos, limits: limits, metrics: metrics)
     }
 

@@ -30,7 +30,9 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         name: .customLong("prefill-chunk"),
-        help: "Prompt tokens run between two decode steps; a longer prompt goes in over several steps, so it never stalls the running streams for long.")
+        help:
+            "Prompt tokens run between two decode steps; a longer prompt goes in over several steps, so it never stalls the running streams for long."
+    )
     var prefillChunk = 512
 
     @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' (default: $MSGEN_API_KEY; none: open).")
