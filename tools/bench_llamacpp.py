@@ -61,24 +61,14 @@ OPENBLAS_TUNING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # ---------------------------------------------------------------------------------------
 # The model
 
-def bytes_to_unicode():
-    """GPT-2's byte -> printable character table (the byte-level BPE alphabet), by byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 def synthetic_tokenizer(vocab_size):
     """tokenizer.json text: byte-level BPE with the 256 bytes, vocab_size − 257 merges of two
     bytes each, and <|endoftext|> as the last id (as GPT-2's 50,256)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    alphabet = [bytes_to_unicode()[b] for b in range(256)]
+    from msgen_tools.train_lm import bytes_to_unicode  # the one GPT-2 byte alphabet of the tools
+
+    alphabet = bytes_to_unicode()
     vocab = {c: i for i, c in enumerate(alphabet)}
     merges = []
     for a in alphabet:

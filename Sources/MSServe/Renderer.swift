@@ -8,6 +8,8 @@ final class Renderer: @unchecked Sendable {
     let job: Handlers.Job
     let model: String
     let tokenizer: BPETokenizer
+    /// One encoder for all of the request's chunks (not one per token).
+    private let encoder = Wire.encoder()
     /// Tokens whose text waits for the next chunk (the last token goes out with
     /// finish_reason; tokens that complete no character yet wait for one that does).
     private var held = Collected()
@@ -49,7 +51,7 @@ final class Renderer: @unchecked Sendable {
     func whole(_ c: Collected, reason: StopReason, usage: Usage) throws -> Data {
         let finish = Wire.finishReason(reason)
         if job.chat {
-            return try Wire.encoder().encode(
+            return try encoder.encode(
                 ChatResponse(
                     id: job.id, created: job.created, model: model,
                     choices: [
@@ -58,7 +60,7 @@ final class Renderer: @unchecked Sendable {
                     ],
                     usage: usage, seed: job.options.sampler.seed))
         }
-        return try Wire.encoder().encode(
+        return try encoder.encode(
             CompletionResponse(
                 id: job.id, created: job.created, model: model,
                 choices: [CompletionChoice(index: 0, text: c.text, logprobs: job.wantsLogprobs ? c.completion : nil, finishReason: finish)],
@@ -93,7 +95,7 @@ final class Renderer: @unchecked Sendable {
         let seed = job.options.sampler.seed
         if job.chat {
             let delta = ChatDelta(role: role, content: role != nil ? "" : (c.text.isEmpty && finish != nil ? nil : c.text))
-            return try Wire.encoder().encode(
+            return try encoder.encode(
                 ChatChunk(
                     id: job.id, created: job.created, model: model,
                     choices: [
@@ -101,7 +103,7 @@ final class Renderer: @unchecked Sendable {
                     ],
                     usage: usage, seed: seed))
         }
-        return try Wire.encoder().encode(
+        return try encoder.encode(
             CompletionResponse(
                 id: job.id, created: job.created, model: model,
                 choices: [CompletionChoice(index: 0, text: c.text, logprobs: job.wantsLogprobs ? c.completion : nil, finishReason: finish)],

@@ -299,6 +299,7 @@ final class Scheduler: @unchecked Sendable {
         runningCount = running.count + prefilling.count
         condition.unlock()
         metrics.activeSequences.set(Double(running.count + prefilling.count))
-        metrics.cacheBytes.set(Double((running + prefilling).reduce(0) { $0 + ($1.cache?.byteCount ?? 0) }))
+        let bytes = { (all: [Sequence]) in all.reduce(0) { $0 + ($1.cache?.byteCount ?? 0) } }
+        metrics.cacheBytes.set(Double(bytes(running) + bytes(prefilling)))
     }
 }
