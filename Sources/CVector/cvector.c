@@ -115,8 +115,8 @@ INLINE double sum_exp(const float *x, long n, float m) {
     return total;
 }
 
-INLINE void softmax(float *x, long n) {
-    float m = maximum(x, n);
+/* x = e^(x − m) in place; returns Σ of the new x. */
+INLINE float exp_sum(float *x, long n, float m) {
     v8f acc = splat(0), vm = splat(m);
     long i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -126,8 +126,12 @@ INLINE void softmax(float *x, long n) {
     }
     float s = hsum(acc);
     for (; i < n; i++) { x[i] = expf(x[i] - m); s += x[i]; }
-    float inv = 1 / s;
-    for (i = 0; i < n; i++) x[i] *= inv;
+    return s;
+}
+
+INLINE void softmax(float *x, long n) {
+    float inv = 1 / exp_sum(x, n, maximum(x, n));
+    for (long i = 0; i < n; i++) x[i] *= inv;
 }
 
 INLINE void layer_norm(const float *x, float *y, long n, const float *w, const float *b, float eps) {
@@ -199,6 +203,7 @@ TWO_COPIES_VOID(msgen_gelu, gelu, (float *x, long n), (x, n))
 TWO_COPIES_VOID(msgen_gelu_tanh, gelu_tanh, (float *x, long n), (x, n))
 TWO_COPIES(float, msgen_max, maximum, (const float *x, long n), (x, n))
 TWO_COPIES(double, msgen_sum_exp, sum_exp, (const float *x, long n, float m), (x, n, m))
+TWO_COPIES(float, msgen_exp_sum, exp_sum, (float *x, long n, float m), (x, n, m))
 TWO_COPIES_VOID(msgen_softmax, softmax, (float *x, long n), (x, n))
 TWO_COPIES_VOID(msgen_layer_norm, layer_norm, (const float *x, float *y, long n, const float *w, const float *b, float eps),
                 (x, y, n, w, b, eps))

@@ -66,16 +66,19 @@ INLINE float half1(const void *p) {
 #define vload(p) ({ v8f v_; memcpy(&v_, (p), sizeof v_); v_; })
 #define vfma(a, b, c) ((a) * (b) + (c))
 #define vhsum(v) ({ v8f s_ = (v); ((s_[0] + s_[4]) + (s_[1] + s_[5])) + ((s_[2] + s_[6]) + (s_[3] + s_[7])); })
+#define vstore(p, v) ({ v8f v_ = (v); memcpy((p), &v_, sizeof v_); })
 #define wf16(p) half8(p)
 #define wbf16(p) ({ v8h h_; memcpy(&h_, (p), sizeof h_); (v8f)(__builtin_convertvector(h_, v8u) << 16); })
 #define half_scale(p) half1(p)
 #include "linear_float.h"
+#include "attention.h"
 #undef VF
 #undef VW
 #undef vzero
 #undef vload
 #undef vfma
 #undef vhsum
+#undef vstore
 #undef wf16
 #undef wbf16
 
@@ -120,6 +123,7 @@ INLINE float qstep_base(float acc, const signed char *w, const signed char *x, f
 #define vload(p) _mm256_loadu_ps(p)
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vhsum(v) hsum8(v)
+#define vstore(p, v) _mm256_storeu_ps(p, v)
 #define wf16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
 #define wbf16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
 #define half_scale(p) ({ uint16_t h_; memcpy(&h_, (p), 2); _cvtsh_ss(h_); })
@@ -129,6 +133,7 @@ INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 #include "linear_float.h"
+#include "attention.h"
 
 /* The sign trick (as in ggml's Q8_0 kernels): vpmaddubsw multiplies unsigned by signed
    bytes, so multiply |w| by x carrying w's sign. |w| ≤ 128 and |x| ≤ 127 (the quantiser's
@@ -246,6 +251,7 @@ INLINE __m512 qstep_vnni(__m512 acc, QW_vnni w, QX_vnni x, __m512 dw, __m512 dx)
 #undef vload
 #undef vfma
 #undef vhsum
+#undef vstore
 #undef wf16
 #undef wbf16
 
@@ -258,9 +264,11 @@ INLINE __m512 qstep_vnni(__m512 acc, QW_vnni w, QX_vnni x, __m512 dw, __m512 dx)
 #define vload(p) _mm512_loadu_ps(p)
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vhsum(v) _mm512_reduce_add_ps(v)
+#define vstore(p, v) _mm512_storeu_ps(p, v)
 #define wf16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
 #define wbf16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
 #include "linear_float.h"
+#include "attention.h"
 #undef NAME
 #pragma clang attribute pop
 #undef half_scale
@@ -340,4 +348,38 @@ long msgen_read_sum(int level, const void *p, long bytes) {
     if (level >= MSGEN_LEVEL_AVX2) return read_sum_avx2(p, bytes);
 #endif
     return read_sum_base(p, bytes);
+}
+
+void msgen_attend_part(int level, const float *q, const float *keys, long key_stride, const float *values,
+                       long value_stride, long j0, long j1, long H, long head_dim, float scale, float *scores,
+                       float *out, float *m, float *l) {
+    level = usable(level);
+#if defined(__x86_64__)
+    if (level >= MSGEN_LEVEL_AVX512) { attend_part_avx512(q, keys, key_stride, values, value_stride, j0, j1, H, head_dim, scale, scores, out, m, l); return; }
+    if (level >= MSGEN_LEVEL_AVX2) { attend_part_avx2(q, keys, key_stride, values, value_stride, j0, j1, H, head_dim, scale, scores, out, m, l); return; }
+#endif
+    attend_part_base(q, keys, key_stride, values, value_stride, j0, j1, H, head_dim, scale, scores, out, m, l);
+}
+
+/* Plain C: H·head_dim values per part, a few hundred a token. `out` may be `outs` when
+   parts == 1 (each value is read before it is written). */
+void msgen_attend_combine(long parts, long H, long head_dim, const float *outs, const float *ms, const float *ls,
+                          float *out) {
+    enum { MAX_PARTS = 64 };
+    float weight[MAX_PARTS];
+    if (parts > MAX_PARTS) parts = MAX_PARTS;
+    for (long h = 0; h < H; h++) {
+        float m = -__builtin_inff(), l = 0;
+        for (long p = 0; p < parts; p++) if (ls[p * H + h] > 0 && ms[p * H + h] > m) m = ms[p * H + h];
+        for (long p = 0; p < parts; p++) {
+            weight[p] = ls[p * H + h] > 0 ? __builtin_expf(ms[p * H + h] - m) : 0;
+            l += weight[p] * ls[p * H + h];
+        }
+        float inv = l > 0 ? 1 / l : 0;
+        for (long i = 0; i < head_dim; i++) {
+            float s = 0;
+            for (long p = 0; p < parts; p++) if (weight[p] > 0) s += weight[p] * outs[p * H * head_dim + h * head_dim + i];
+            out[h * head_dim + i] = s * inv;
+        }
+    }
 }

@@ -46,38 +46,6 @@ public enum Kernels {
         for i in 0..<n { out[i] = x[i] + y[i] }
     }
 
-    /// Σ a[i]·b[i], in 16 lanes (a plain loop would not vectorise: float addition is not
-    /// associative, so the compiler keeps its order). Multiply then add, not
-    /// `addProduct`: without FMA in the baseline target that becomes a libm call per lane.
-    @inline(__always)
-    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count n: Int) -> Float {
-        var acc = SIMD16<Float>()
-        var i = 0
-        while i + 16 <= n {
-            let va = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
-            let vb = UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
-            acc += va * vb
-            i += 16
-        }
-        var s = acc.sum()
-        while i < n { s += a[i] * b[i]; i += 1 }
-        return s
-    }
-
-    /// y += alpha·x.
-    @inline(__always)
-    public static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count n: Int) {
-        var i = 0
-        let va = SIMD8<Float>(repeating: alpha)
-        while i + 8 <= n {
-            let vx = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
-            let vy = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(y + i).storeBytes(of: vy + va * vx, as: SIMD8<Float>.self)
-            i += 8
-        }
-        while i < n { y[i] += alpha * x[i]; i += 1 }
-    }
-
     /// LayerNorm of each of `rows` rows of `dim` values: (x − mean)/√(var + eps)·w + b.
     public static func layerNorm(
         _ x: UnsafePointer<Float>, rows: Int, dim: Int, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
@@ -113,13 +81,31 @@ public enum Kernels {
 
     /// Runs `body` over [0, n) split into one contiguous range per thread, or in one go
     /// when n is below `minimum` (small work does not pay for waking threads). Ranges are
-    /// disjoint, so bodies writing to their own range need no locks.
+    /// disjoint, so bodies writing to their own range need no locks. The threads are
+    /// msgen's persistent workers (pool.c: they stay awake between the loops of a step);
+    /// a loop started while another runs (nested, or from a second thread) runs on its
+    /// caller's thread alone.
     public static func parallelFor(_ n: Int, minimum: Int = 1, _ body: (Range<Int>) -> Void) {
         let workers = min(threads, n / max(minimum, 1))
         if workers <= 1 { body(0..<n); return }
-        DispatchQueue.concurrentPerform(iterations: workers) { w in
-            body((n * w / workers)..<(n * (w + 1) / workers))
+        withoutActuallyEscaping(body) { body in
+            var loop = Loop(n: n, body: body)
+            let ran = withUnsafeMutablePointer(to: &loop) { p in
+                msgen_pool_run(
+                    workers,
+                    { context, w, workers in
+                        let loop = context!.assumingMemoryBound(to: Loop.self).pointee
+                        loop.body((loop.n * w / workers)..<(loop.n * (w + 1) / workers))
+                    }, p)
+            }
+            if ran == 0 { body(0..<n) }
         }
+    }
+
+    /// What a worker of `parallelFor` needs: the loop's length and body.
+    private struct Loop {
+        let n: Int
+        let body: (Range<Int>) -> Void
     }
 
     public static func relu(_ x: UnsafeMutablePointer<Float>, count n: Int) {
@@ -163,11 +149,9 @@ public enum Kernels {
         values: UnsafePointer<Float>, valueStride: Int, count n: Int, headDim dh: Int, scale: Float,
         scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
     ) {
-        out.update(repeating: 0, count: dh)
-        guard n > 0 else { return }
-        for j in 0..<n { scores[j] = dot(q, keys + j * keyStride, count: dh) * scale }
-        softmax(scores, count: n)
-        for j in 0..<n { axpy(scores[j], values + j * valueStride, out, count: dh) }
+        attendHeads(
+            query: q, keys: keys, keyStride: keyStride, values: values, valueStride: valueStride, count: n, heads: 1,
+            headDim: dh, scale: scale, split: false, scores: scores, into: out)
     }
 
     /// `attend` for every head of one query at once: head h's query, keys, values and
@@ -175,27 +159,41 @@ public enum Kernels {
     /// projection and of a KV cache). Each key and value row is read once, front to back,
     /// for all heads, where one head at a time would read it in H strided passes (a
     /// 1,024-token cache of a GPT-2-small layer is 6 MB: read from DRAM each token).
-    /// With `split` and enough keys, the heads are divided over the threads. Per head the
-    /// same sums in the same order as `attend`, so the same result. `scores` holds H·n floats.
+    /// With `split` and enough keys, the rows (not the heads: each thread then reads one
+    /// contiguous stretch of the cache, which the CPU's prefetchers follow; half of every
+    /// row, as a split by heads reads, ran at a third of the speed) are divided over the
+    /// threads, and the parts' softmax sums combined. `scores` holds H·n floats.
+    /// (`parts`: for tests, to split into that many parts whatever the threads.)
     public static func attendHeads(
         query q: UnsafePointer<Float>, keys: UnsafePointer<Float>, keyStride: Int, values: UnsafePointer<Float>,
         valueStride: Int, count n: Int, heads H: Int, headDim dh: Int, scale: Float, split: Bool = true,
         scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
     ) {
-        // Below ~16 K multiply-adds a head, waking another thread costs more than it saves.
-        let workers = split && n * dh >= 1 << 14 ? H : 1
-        parallelFor(H, minimum: (H + workers - 1) / workers) { heads in
-            out.advanced(by: heads.lowerBound * dh).update(repeating: 0, count: heads.count * dh)
-            guard n > 0 else { return }
-            for j in 0..<n {
-                let k = keys + j * keyStride
-                for h in heads { scores[h * n + j] = dot(q + h * dh, k + h * dh, count: dh) * scale }
+        attendHeads(
+            query: q, keys: keys, keyStride: keyStride, values: values, valueStride: valueStride, count: n, heads: H,
+            headDim: dh, scale: scale, scores: scores, into: out,
+            // Below ~16 K floats of keys, waking another thread costs more than it saves.
+            parts: split && n * H * dh >= 1 << 14 ? max(1, min(threads, n)) : 1)
+    }
+
+    static func attendHeads(
+        query q: UnsafePointer<Float>, keys: UnsafePointer<Float>, keyStride: Int, values: UnsafePointer<Float>,
+        valueStride: Int, count n: Int, heads H: Int, headDim dh: Int, scale: Float,
+        scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>, parts: Int
+    ) {
+        let level = Int32(level.rawValue)
+        let D = H * dh
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: parts * (D + 2 * H)) { buffer in
+            let outs = parts == 1 ? out : buffer.baseAddress!, ms = buffer.baseAddress! + parts * D, ls = ms + parts * H
+            parallelFor(parts) { range in
+                for p in range {
+                    let j0 = n * p / parts, j1 = n * (p + 1) / parts
+                    msgen_attend_part(
+                        level, q, keys, keyStride, values, valueStride, j0, j1, H, dh, scale, scores + H * j0, outs + p * D,
+                        ms + p * H, ls + p * H)
+                }
             }
-            for h in heads { softmax(scores + h * n, count: n) }
-            for j in 0..<n {
-                let v = values + j * valueStride
-                for h in heads { axpy(scores[h * n + j], v + h * dh, out + h * dh, count: dh) }
-            }
+            msgen_attend_combine(parts, H, dh, outs, ms, ls, out)
         }
     }
 

@@ -1,3 +1,4 @@
+import CVector
 import Foundation
 import Testing
 
@@ -124,29 +125,75 @@ struct KernelsTests {
         }
     }
 
-    /// All heads at once equal one `attend` per head, exactly (the same sums in the same
-    /// order), with the heads split over the threads (when there are several) or not, with
-    /// few keys and enough to split.
-    @Test func attendHeadsEqualsAttendPerHead() {
+    /// All heads at once, in every compiled copy and split into 1, 2, 3 or 7 parts of the
+    /// rows (their softmax sums combined), equal the softmax-weighted values computed in
+    /// Double, head by head; unsplit, one `attend` per head gives exactly the same. Few
+    /// keys, more than the parts, and many.
+    @Test func attendHeadsMatchesReference() {
         let (H, dh) = (5, 24), row = H * dh + 3  // rows wider than the heads, as in a [q | k | v] row
-        for n in [1, 7, 700] {
+        defer { Kernels.level = .cpu }
+        for n in [1, 2, 7, 700] {
             let q = (0..<row).map { Float(($0 * 7) % 17) / 17 - 0.5 }
             let k = (0..<(n * row)).map { Float(($0 * 5) % 13) / 13 - 0.5 }
             let v = (0..<(n * row)).map { Float(($0 * 3) % 11) / 11 }
-            var expected = [Float](repeating: 0, count: H * dh), scores = [Float](repeating: 0, count: H * n)
+            var expected = [Double](repeating: 0, count: H * dh)
             for h in 0..<H {
-                var one = [Float](repeating: 0, count: dh)
-                Kernels.attend(
-                    query: Array(q[(h * dh)...]), keys: Array(k[(h * dh)...]), keyStride: row, values: Array(v[(h * dh)...]),
-                    valueStride: row, count: n, headDim: dh, scale: 0.3, scores: &scores, into: &one)
-                expected.replaceSubrange((h * dh)..<((h + 1) * dh), with: one)
+                let s = (0..<n).map { j in 0.3 * (0..<dh).reduce(0.0) { $0 + Double(q[h * dh + $1] * k[j * row + h * dh + $1]) } }
+                let e = s.map { exp($0 - s.max()!) }, total = e.reduce(0, +)
+                for d in 0..<dh { expected[h * dh + d] = (0..<n).reduce(0.0) { $0 + e[$1] / total * Double(v[$1 * row + h * dh + d]) } }
             }
-            for split in [true, false] {
-                var out = [Float](repeating: .nan, count: H * dh)
-                Kernels.attendHeads(
-                    query: q, keys: k, keyStride: row, values: v, valueStride: row, count: n, heads: H, headDim: dh,
-                    scale: 0.3, split: split, scores: &scores, into: &out)
-                #expect(out == expected, "n \(n) split \(split)")
+            for level in LinearTests.levels {
+                Kernels.level = level
+                var scores = [Float](repeating: 0, count: H * n), perHead = [Float](repeating: 0, count: H * dh)
+                for h in 0..<H {
+                    var one = [Float](repeating: 0, count: dh)
+                    Kernels.attend(
+                        query: Array(q[(h * dh)...]), keys: Array(k[(h * dh)...]), keyStride: row, values: Array(v[(h * dh)...]),
+                        valueStride: row, count: n, headDim: dh, scale: 0.3, scores: &scores, into: &one)
+                    perHead.replaceSubrange((h * dh)..<((h + 1) * dh), with: one)
+                }
+                for parts in [1, 2, 3, 7] where parts <= n {
+                    var out = [Float](repeating: .nan, count: H * dh)
+                    Kernels.attendHeads(
+                        query: q, keys: k, keyStride: row, values: v, valueStride: row, count: n, heads: H, headDim: dh,
+                        scale: 0.3, scores: &scores, into: &out, parts: parts)
+                    let worst = zip(out, expected).map { abs(Double($0) - $1) }.max()!
+                    #expect(worst < 1e-6, "n \(n), \(level), \(parts) parts: off by \(worst)")
+                    if parts == 1 { #expect(out == perHead, "n \(n), \(level)") }
+                }
+            }
+        }
+    }
+
+    /// The worker pool runs each part of a loop exactly once, loop after loop (workers
+    /// that slept in between included), refuses a nested loop (its caller runs it alone),
+    /// and parallelFor from several threads at once still covers every index once.
+    @Test func workerPoolRunsEachPartOnce() {
+        // Four parts whatever the machine's thread count: counts[w] += 1 from part w.
+        let counts = UnsafeMutablePointer<Int>.allocate(capacity: 5)
+        defer { counts.deallocate() }
+        counts.initialize(repeating: 0, count: 5)
+        for round in 0..<2000 {
+            if round == 1000 { usleep(5000) }  // long enough for every worker to fall asleep
+            let ran = msgen_pool_run(
+                4,
+                { context, w, workers in
+                    let c = context!.assumingMemoryBound(to: Int.self)
+                    c[w] += 1
+                    if w == 0 { c[4] += Int(msgen_pool_run(2, { _, _, _ in }, nil)) }  // nested: refused
+                }, counts)
+            // (0 only when another test's loop holds the pool; then nothing ran.)
+            if ran == 0 { for w in 0..<4 { counts[w] += 1 } } else { #expect(ran == 4) }
+        }
+        #expect((0..<4).map { counts[$0] } == [2000, 2000, 2000, 2000])
+        #expect(counts[4] == 0)
+        DispatchQueue.concurrentPerform(iterations: 4) { _ in
+            for _ in 0..<200 {
+                let hits = UnsafeMutablePointer<Int>.allocate(capacity: 101)
+                hits.initialize(repeating: 0, count: 101)
+                Kernels.parallelFor(101) { range in for i in range { hits[i] += 1 } }
+                #expect((0..<101).allSatisfy { hits[$0] == 1 })
+                hits.deallocate()
             }
         }
     }

@@ -13,6 +13,8 @@ void msgen_gelu_tanh(float *x, long n);
 float msgen_max(const float *x, long n);
 /* Σ e^(x[i] − m) for m ≥ every x[i], partial sums widened to double as they grow. */
 double msgen_sum_exp(const float *x, long n, float m);
+/* x = e^(x − m) in place (m ≥ every x[i]); returns Σ of the new values. */
+float msgen_exp_sum(float *x, long n, float m);
 /* softmax in place: e^(x − max) / Σ. */
 void msgen_softmax(float *x, long n);
 /* One row of LayerNorm: y = (x − mean)/√(var + eps)·w + b over n values. */
@@ -54,9 +56,33 @@ void msgen_matvec_q8(int level, const void *w, long row_bytes, long k, long j0, 
                      int accumulate);
 /* `rows` rows of W (any type) widened to f32: out[r·k + i] = W[r, i]. */
 void msgen_widen(int level, int type, const void *w, long row_bytes, long k, long rows, float *out);
+/* Attention of one query over rows [j0, j1) of a cache, all H heads: head h's query,
+   keys, values and output are the head_dim values from h·head_dim of their rows (rows
+   key_stride / value_stride floats apart). With s_j = q_h·k_j,h · scale, per head:
+   m[h] = max s_j, l[h] = Σ e^(s_j − m[h]) and out[h·head_dim …] = Σ e^(s_j − m[h])·v_j,h,
+   not yet divided by l[h] (msgen_attend_combine does that, for one part or several);
+   scores holds H·(j1 − j0) floats. */
+void msgen_attend_part(int level, const float *q, const float *keys, long key_stride, const float *values,
+                       long value_stride, long j0, long j1, long H, long head_dim, float scale, float *scores,
+                       float *out, float *m, float *l);
+/* `parts` results of msgen_attend_part over consecutive row ranges (part p's out at
+   outs + p·H·head_dim, its m and l at ms + p·H, ls + p·H) combined into the softmax-
+   weighted sum over all the rows: out[h·head_dim …] = Σ_p e^(m_p − m)·out_p / Σ_p e^(m_p − m)·l_p
+   with m the largest m_p. Zero for a head with no rows (l = 0). */
+void msgen_attend_combine(long parts, long H, long head_dim, const float *outs, const float *ms, const float *ls,
+                          float *out);
 /* Reads `bytes` (a multiple of 256) from p with the level's widest loads and returns
    a value depending on all of them (so that the reads cannot be left out): for
    measuring memory bandwidth. */
 long msgen_read_sum(int level, const void *p, long bytes);
+
+/* ---- Worker threads (pool.c) ----
+   msgen_pool_run calls f(context, w, workers) once for each w in [0, workers): w = 0 on
+   the calling thread, the others on persistent worker threads, and returns `workers`
+   when all have returned. It returns 0 without calling f when workers < 2 or another
+   loop is running (a nested call, or a second thread): the caller then runs the loop
+   itself. */
+typedef void (*msgen_pool_task)(void *context, long worker, long workers);
+int msgen_pool_run(long workers, msgen_pool_task f, void *context);
 
 #endif

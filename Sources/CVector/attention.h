@@ -1,0 +1,51 @@
+/* Attention of one query over n cached rows, all heads at once, written once and included
+   by linear.c once per CPU level (next to linear_float.h, with the same macros plus
+   vstore(p, v)). Decoding at depth reads the whole key and value cache every token, as
+   many bytes as the weights at a GPT-2-small layer's 1,024 rows, so this loop is the
+   other half of a decode step's memory traffic: each key and value row is read once,
+   front to back, for every head, and the per-head sums run in the level's widest
+   vectors (the same loop in Swift, compiled for plain x86-64, was 2/3 of a 2-thread
+   q8 step at depth 1,024). */
+
+/* Σ a[i]·b[i] over n values: VW-lane FMAs, then the lanes summed (vhsum), then the
+   scalar tail. */
+INLINE float NAME(dot)(const float *a, const float *b, long n) {
+    VF acc = vzero();
+    long i = 0;
+    for (; i + VW <= n; i += VW) acc = vfma(vload(a + i), vload(b + i), acc);
+    float s = vhsum(acc);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* y += alpha·x over n values. */
+INLINE void NAME(axpy)(float alpha, const float *x, float *y, long n) {
+    VF va = vzero() + alpha;
+    long i = 0;
+    for (; i + VW <= n; i += VW) vstore(y + i, vfma(va, vload(x + i), vload(y + i)));
+    for (; i < n; i++) y[i] += alpha * x[i];
+}
+
+/* Rows [j0, j1), every head: the scores of a row for all heads (one pass over the key
+   row), each head's max and Σ e^(s − max) (the scores become those exponentials), then
+   the value rows weighted by them (one pass over each value row). cvector.h has the
+   contract. */
+static void NAME(attend_part)(const float *q, const float *keys, long ks, const float *values, long vs, long j0,
+                              long j1, long H, long dh, float scale, float *scores, float *out, float *m, float *l) {
+    long n = j1 - j0;
+    memset(out, 0, (size_t)(H * dh) * sizeof(float));
+    for (long h = 0; h < H; h++) m[h] = -__builtin_inff(), l[h] = 0;
+    if (n <= 0) return;
+    for (long j = 0; j < n; j++) {
+        const float *k = keys + (j0 + j) * ks;
+        for (long h = 0; h < H; h++) scores[h * n + j] = NAME(dot)(q + h * dh, k + h * dh, dh) * scale;
+    }
+    for (long h = 0; h < H; h++) {
+        m[h] = msgen_max(scores + h * n, n);
+        l[h] = msgen_exp_sum(scores + h * n, n, m[h]);
+    }
+    for (long j = 0; j < n; j++) {
+        const float *v = values + (j0 + j) * vs;
+        for (long h = 0; h < H; h++) NAME(axpy)(scores[h * n + j], v + h * dh, out + h * dh, dh);
+    }
+}
