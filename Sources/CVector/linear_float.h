@@ -96,6 +96,13 @@ INLINE void NAME(mv_row)(int type, const char *w, long rb, long k, long j, const
    (one row of x: mv_row, one weight row at a time). */
 INLINE void NAME(mv)(int type, const char *w, long rb, long k, long j0, long j1, const float *x, long ldx, long nx,
                      const float *bias, float *y, long ldy, int accumulate) {
+#if VW == 16
+/* AVX-512's 32 registers hold 3·8 accumulators, 3 weight vectors and an x vector: each x
+   vector loaded once for three weight rows (batched decode's 5–8 rows of x at a time). */
+#define WIDE_RW 3
+#else
+#define WIDE_RW 3
+#endif
 #define MV(NX, RW)                                                                                       \
     {                                                                                                    \
         long j = j0;                                                                                     \
@@ -110,12 +117,13 @@ INLINE void NAME(mv)(int type, const char *w, long rb, long k, long j0, long j1,
     case 2: MV(2, 4)
     case 3: MV(3, 2)
     case 4: MV(4, 2)
-    case 5: MV(5, 1)
-    case 6: MV(6, 1)
-    case 7: MV(7, 1)
-    case 8: MV(8, 1)
+    case 5: MV(5, WIDE_RW)
+    case 6: MV(6, WIDE_RW)
+    case 7: MV(7, WIDE_RW)
+    case 8: MV(8, WIDE_RW)
     }
 #undef MV
+#undef WIDE_RW
 }
 
 static void NAME(matvec)(int type, const char *w, long rb, long k, long j0, long j1, const float *x, long ldx, long nx,

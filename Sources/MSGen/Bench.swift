@@ -16,6 +16,12 @@ public struct Bench {
 
     public struct Prefill: Sendable { public let tokens: Int; public let seconds: Stat }
     public struct Decode: Sendable { public let depth: Int; public let secondsPerToken: Stat; public let cacheBytes: Int }
+    /// `batch` sequences decoded together, one batched step a token each (what the server does).
+    public struct BatchedDecode: Sendable {
+        public let batch: Int, depth: Int
+        public let secondsPerStep: Stat
+        public var tokensPerSecond: Double { Double(batch) / secondsPerStep.median }
+    }
 
     public let model: LanguageModel
     public var repetitions = 3
@@ -55,26 +61,47 @@ public struct Bench {
     /// Seconds per decoded token once `depth` tokens are in the cache. Depths past the
     /// context are reached by decoding (prefill fills at most the context).
     public func decode(depth: Int) throws -> Decode {
+        let (caches, steps) = try decodeRuns(depth: depth, batch: 1)
+        return Decode(depth: depth, secondsPerToken: steps, cacheBytes: caches[0].byteCount)
+    }
+
+    /// Seconds per batched step of `batch` sequences, each `depth` tokens deep (each its
+    /// own tokens), stepping together as the server's scheduler steps them.
+    public func decode(depth: Int, batch: Int) throws -> BatchedDecode {
+        BatchedDecode(batch: batch, depth: depth, secondsPerStep: try decodeRuns(depth: depth, batch: batch).steps)
+    }
+
+    /// `batch` caches brought to `depth`, then --repetitions runs of `decodeTokens` steps:
+    /// the caches and the seconds per step.
+    func decodeRuns(depth: Int, batch: Int) throws -> (caches: [DecoderCache], steps: Stat) {
         try check(
             model.canDecodePastContext || depth + decodeTokens * repetitions <= model.config.context,
             "depth \(depth) is past this \(model.config.architecture)'s context of \(model.config.context)")
-        let cache = model.makeCache()
+        let caches = (0..<batch).map { _ in model.makeCache() }
         let start = min(depth, model.config.context)
-        if start > 0 { _ = try model.prefill(tokens(start), cache: cache, logitsFor: (start - 1)..<start) }
-        let filler = tokens(depth - start, offset: start)
-        for t in filler {
+        // Sequence b reads the token list from offset b·depth: different text in each.
+        func ids(_ n: Int, at position: Int) -> [[Int]] { (0..<batch).map { tokens(n, offset: $0 * 7919 + position) } }
+        if start > 0 {
+            for (b, prompt) in ids(start, at: 0).enumerated() {
+                if isCancelled() { throw CancellationError() }
+                _ = try model.prefill(prompt, cache: caches[b], logitsFor: (start - 1)..<start)
+            }
+        }
+        func step(_ columns: [[Int]], _ i: Int) { _ = model.step(columns.map { $0[i] }, caches: caches) }
+        let filler = ids(depth - start, at: start)
+        for i in 0..<(depth - start) {
             if isCancelled() { throw CancellationError() }
-            _ = model.step(t, cache: cache)
+            step(filler, i)
         }
         var times: [Double] = []
-        let next = tokens(decodeTokens * repetitions, offset: depth)
+        let next = ids(decodeTokens * repetitions, at: depth)
         for r in 0..<repetitions {
             if isCancelled() { throw CancellationError() }
             let t0 = Date()
-            for t in next[(r * decodeTokens)..<((r + 1) * decodeTokens)] { _ = model.step(t, cache: cache) }
+            for i in (r * decodeTokens)..<((r + 1) * decodeTokens) { step(next, i) }
             times.append(Date().timeIntervalSince(t0) / Double(decodeTokens))
         }
-        return Decode(depth: depth, secondsPerToken: Stat(times), cacheBytes: cache.byteCount)
+        return (caches, Stat(times))
     }
 }
 

@@ -84,12 +84,12 @@ extension Kernels {
     }
 
     /// The most rows of x that `linear` runs as matrix–vector products.
-    public static let matvecRows = 8
+    public static let matvecRows = 64
     /// The same for f32 weights, above which OpenBLAS is as fast: on a GPT-2-small-shaped
     /// layer set (12 × 768×2304, 768×768, 768×3072, 3072×768, weights from DRAM, one
     /// thread, CPU time on a loaded AMD EPYC with AVX-512) the C kernel took 21.5 ms at
     /// 1 row vs sgemv's 24–27, 36 ms at 4 rows vs sgemm's 50, and 56 vs 59 at 8 rows.
-    public static let f32MatvecRows = 4
+    public static let f32MatvecRows = 64
 
     /// Each weight row read once for all m rows of x (any m; the C kernel takes 8 at a
     /// time), output rows split over the threads. q8 quantises x to q8 blocks first.

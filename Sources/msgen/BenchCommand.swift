@@ -13,7 +13,9 @@ struct BenchCommand: ParsableCommand {
             For each --context depth: prefill tokens/s of min(depth, model context) tokens in one \
             batched pass, and decode time per token with that many tokens already in the cache \
             (depths past the context are reached by decoding). Medians of --repetitions runs, \
-            with min and max.
+            with min and max. With --batch, also batched decode at each depth: that many \
+            sequences stepping together (as `msgen serve` steps its streams), aggregate \
+            tokens/s and the ratio to one sequence's.
             """
     )
 
@@ -28,6 +30,11 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("decode-tokens"), help: "Tokens timed per decode run.")
     var decodeTokens = 32
 
+    @Option(
+        parsing: .upToNextOption,
+        help: "Also decode this many sequences together, one batched step a token (e.g. --batch 16 64).")
+    var batch: [Int] = []
+
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -37,6 +44,7 @@ struct BenchCommand: ParsableCommand {
     func validate() throws {
         guard !context.isEmpty, context.allSatisfy({ $0 >= 1 }) else { throw MSGenError("--context depths must be ≥ 1") }
         guard repetitions >= 1, decodeTokens >= 1 else { throw MSGenError("--repetitions and --decode-tokens must be ≥ 1") }
+        guard batch.allSatisfy({ $0 >= 1 }) else { throw MSGenError("--batch sizes must be ≥ 1") }
     }
 
     func run() throws {
@@ -77,6 +85,15 @@ struct BenchCommand: ParsableCommand {
                             d.depth, p.tokens, Double(p.tokens) / p.seconds.median,
                             d.secondsPerToken.median * 1e3, 1 / d.secondsPerToken.median))
                 }
+                for b in batch {
+                    report.batched.append(try bench.decode(depth: reached, batch: b))
+                    if !json, let d = report.batched.last {
+                        Terminal.note(
+                            String(
+                                format: "depth %5d: %d sequences %.3f ms/step (%.0f tokens/s)", d.depth, d.batch,
+                                d.secondsPerStep.median * 1e3, d.tokensPerSecond))
+                    }
+                }
             }
         } catch is CancellationError {
             report.interrupted = true
@@ -91,6 +108,7 @@ struct BenchCommand: ParsableCommand {
     struct Report {
         let path: String, model: LanguageModel, loadSeconds: Double, weights: WeightSummary
         var prefills: [Bench.Prefill] = [], decodes: [Bench.Decode] = []
+        var batched: [Bench.BatchedDecode] = []
         var interrupted = false
         let rss = peakResidentBytes()
         /// GB/s (10⁹ bytes/s) this machine reads memory at, with --bandwidth.
@@ -98,6 +116,11 @@ struct BenchCommand: ParsableCommand {
 
         /// Weight bytes one decoded token reads × tokens/s, in GB/s.
         func weightBandwidth(_ d: Bench.Decode) -> Double { Double(weights.bytesPerToken) / d.secondsPerToken.median / 1e9 }
+
+        /// A batched run's tokens/s over one sequence's at the same depth (this run's).
+        func speedup(_ b: Bench.BatchedDecode) -> Double? {
+            decodes.first { $0.depth == b.depth }.map { b.tokensPerSecond * $0.secondsPerToken.median }
+        }
 
         func json() -> String {
             func stat(_ s: Bench.Stat) -> JSONValue { .object(["median": .number(s.median), "min": .number(s.min), "max": .number(s.max)]) }
@@ -124,6 +147,17 @@ struct BenchCommand: ParsableCommand {
                         ])
                     }),
             ]
+            if !batched.isEmpty {
+                o["batched_decode"] = .array(
+                    batched.map { b in
+                        var e: [String: JSONValue] = [
+                            "depth": .number(Double(b.depth)), "batch": .number(Double(b.batch)),
+                            "seconds_per_step": stat(b.secondsPerStep), "tokens_per_second": .number(b.tokensPerSecond),
+                        ]
+                        if let x = speedup(b) { e["speedup_over_one"] = .number(x) }
+                        return .object(e)
+                    })
+            }
             if let readBandwidth { o["read_bandwidth_gb_per_second"] = .number(readBandwidth) }
             if interrupted { o["interrupted"] = .bool(true) }
             return JSONValue.object(o).compactText + "\n"
@@ -151,6 +185,16 @@ struct BenchCommand: ParsableCommand {
                     String(
                         format: "  %12d   %8.3f (%.3f-%.3f)   %8.0f   %12.1f   %@", d.depth, s.median * 1e3, s.min * 1e3, s.max * 1e3,
                         1 / s.median, weightBandwidth(d), humanBytes(d.cacheBytes)))
+            }
+            if !batched.isEmpty {
+                lines.append("  batched decode depth   sequences   ms/step (median, min-max)   tokens/s   × one sequence")
+                for b in batched {
+                    let s = b.secondsPerStep
+                    lines.append(
+                        String(
+                            format: "  %20d   %9d   %8.3f (%.3f-%.3f)   %8.0f   %@", b.depth, b.batch, s.median * 1e3, s.min * 1e3,
+                            s.max * 1e3, b.tokensPerSecond, speedup(b).map { String(format: "%.2f", $0) } ?? "-"))
+                }
             }
             if let readBandwidth { lines.append(String(format: "memory read bandwidth %.1f GB/s (%d threads)", readBandwidth, Kernels.threads)) }
             if interrupted { lines.append("(interrupted)") }

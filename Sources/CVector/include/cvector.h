@@ -43,7 +43,7 @@ void msgen_vector_set_level(int level);
 enum { MSGEN_WEIGHT_F32 = 0, MSGEN_WEIGHT_F16 = 1, MSGEN_WEIGHT_BF16 = 2, MSGEN_WEIGHT_Q8 = 3 };
 
 /* For j in [j0, j1) and r < nx: y[r·ldy + j] (= or +=) Σ_i x[r·ldx + i]·W[j, i] (+ bias[j]).
-   Each weight row is read once for up to 8 rows of x. f32, f16 and bf16 only. */
+   W is read from memory once for all nx rows of x. f32, f16 and bf16 only. */
 void msgen_matvec(int level, int type, const void *w, long row_bytes, long k, long j0, long j1,
                   const float *x, long ldx, long nx, const float *bias, float *y, long ldy, int accumulate);
 /* x's nx rows of k (k % 32 == 0) values as q8 blocks: q[r·k + i], and per block a float
