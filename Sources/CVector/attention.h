@@ -26,26 +26,46 @@ INLINE void NAME(axpy)(float alpha, const float *x, float *y, long n) {
     for (; i < n; i++) y[i] += alpha * x[i];
 }
 
+/* Σ a[i]·(b[i] + c[i]): a query against a key with its position part added. */
+INLINE float NAME(dot2)(const float *a, const float *b, const float *c, long n) {
+    VF acc = vzero();
+    long i = 0;
+    for (; i + VW <= n; i += VW) acc = vfma(vload(a + i), vload(b + i) + vload(c + i), acc);
+    float s = vhsum(acc);
+    for (; i < n; i++) s += a[i] * (b[i] + c[i]);
+    return s;
+}
+
 /* Rows [j0, j1), every head: the scores of a row for all heads (one pass over the key
    row), each head's max and Σ e^(s − max) (the scores become those exponentials), then
-   the value rows weighted by them (one pass over each value row). cvector.h has the
-   contract. */
-static void NAME(attend_part)(const float *q, const float *keys, long ks, const float *values, long vs, long j0,
-                              long j1, long H, long dh, float scale, float *scores, float *out, float *m, float *l) {
+   the value rows weighted by them (one pass over each value row). Row j is row
+   (first + j) mod ring of keys and values (ring 0: row first + j), and with key_add its
+   key is that row plus row j of key_add (local attention's positions). cvector.h has
+   the contract. */
+static void NAME(attend_rows)(const float *q, const float *keys, long ks, const float *values, long vs, long ring,
+                              long first, const float *key_add, long kas, long j0, long j1, long H, long dh,
+                              float scale, float *scores, float *out, float *m, float *l) {
     long n = j1 - j0;
     memset(out, 0, (size_t)(H * dh) * sizeof(float));
     for (long h = 0; h < H; h++) m[h] = -__builtin_inff(), l[h] = 0;
     if (n <= 0) return;
     for (long j = 0; j < n; j++) {
-        const float *k = keys + (j0 + j) * ks;
-        for (long h = 0; h < H; h++) scores[h * n + j] = NAME(dot)(q + h * dh, k + h * dh, dh) * scale;
+        long row = ring > 0 ? (first + j0 + j) % ring : first + j0 + j;
+        const float *k = keys + row * ks;
+        if (key_add) {
+            const float *ka = key_add + (j0 + j) * kas;
+            for (long h = 0; h < H; h++) scores[h * n + j] = NAME(dot2)(q + h * dh, k + h * dh, ka + h * dh, dh) * scale;
+        } else {
+            for (long h = 0; h < H; h++) scores[h * n + j] = NAME(dot)(q + h * dh, k + h * dh, dh) * scale;
+        }
     }
     for (long h = 0; h < H; h++) {
         m[h] = msgen_max(scores + h * n, n);
         l[h] = msgen_exp_sum(scores + h * n, n, m[h]);
     }
     for (long j = 0; j < n; j++) {
-        const float *v = values + (j0 + j) * vs;
+        long row = ring > 0 ? (first + j0 + j) % ring : first + j0 + j;
+        const float *v = values + row * vs;
         for (long h = 0; h < H; h++) NAME(axpy)(scores[h * n + j], v + h * dh, out + h * dh, dh);
     }
 }

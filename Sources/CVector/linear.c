@@ -364,15 +364,31 @@ long msgen_read_sum(int level, const void *p, long bytes) {
     return read_sum_base(p, bytes);
 }
 
+static void attend_rows(int level, const float *q, const float *keys, long ks, const float *values, long vs, long ring,
+                        long first, const float *key_add, long kas, long j0, long j1, long H, long dh, float scale,
+                        float *scores, float *out, float *m, float *l) {
+    level = usable(level);
+#if defined(__x86_64__)
+    if (level >= MSGEN_LEVEL_AVX512) { attend_rows_avx512(q, keys, ks, values, vs, ring, first, key_add, kas, j0, j1, H, dh, scale, scores, out, m, l); return; }
+    if (level >= MSGEN_LEVEL_AVX2) { attend_rows_avx2(q, keys, ks, values, vs, ring, first, key_add, kas, j0, j1, H, dh, scale, scores, out, m, l); return; }
+#endif
+    attend_rows_base(q, keys, ks, values, vs, ring, first, key_add, kas, j0, j1, H, dh, scale, scores, out, m, l);
+}
+
 void msgen_attend_part(int level, const float *q, const float *keys, long key_stride, const float *values,
                        long value_stride, long j0, long j1, long H, long head_dim, float scale, float *scores,
                        float *out, float *m, float *l) {
-    level = usable(level);
-#if defined(__x86_64__)
-    if (level >= MSGEN_LEVEL_AVX512) { attend_part_avx512(q, keys, key_stride, values, value_stride, j0, j1, H, head_dim, scale, scores, out, m, l); return; }
-    if (level >= MSGEN_LEVEL_AVX2) { attend_part_avx2(q, keys, key_stride, values, value_stride, j0, j1, H, head_dim, scale, scores, out, m, l); return; }
-#endif
-    attend_part_base(q, keys, key_stride, values, value_stride, j0, j1, H, head_dim, scale, scores, out, m, l);
+    attend_rows(level, q, keys, key_stride, values, value_stride, 0, 0, NULL, 0, j0, j1, H, head_dim, scale, scores, out, m, l);
+}
+
+void msgen_attend_ring(int level, const float *q, const float *keys, const float *values, long stride, long ring,
+                       long first, const float *key_add, long key_add_stride, long n, long H, long head_dim, float scale,
+                       float *scores, float *out) {
+    if (H <= 0) return;
+    float m[H], l[H]; /* (H is a model's head count: a few dozen floats) */
+    attend_rows(level, q, keys, stride, values, stride, ring, first, key_add, key_add_stride, 0, n, H, head_dim, scale, scores,
+                out, m, l);
+    msgen_attend_combine(1, H, head_dim, out, m, l, out);
 }
 
 /* Plain C: H·head_dim values per part, a few hundred a token. `out` may be `outs` when

@@ -1,6 +1,7 @@
 import CBLAS
 import CVector
 import Dispatch
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -24,12 +25,29 @@ public enum Kernels {
             for r in 0..<m { add(bias, into: y + r * ly, count: n, overwrite: !accumulate) }
             beta = 1
         }
-        if m == 1 {
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(k), 1, w, Int32(k), x, 1, beta, y, 1)
-        } else {
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k),
-                1, x, Int32(lx), w, Int32(k), beta, y, Int32(ly))
+        gemm(m: m, n: n, k: k, alpha: 1, a: x, lda: lx, b: w, ldb: k, transposedB: true, beta: beta, c: y, ldc: ly)
+    }
+
+    /// c[m, n] = alpha·a[m, k]·b + beta·c, row-major, with b given as [n, k] rows
+    /// (`transposedB`) or as [k, n]: OpenBLAS's sgemm, the columns of c split over the
+    /// threads, each part one single-threaded OpenBLAS call. So msgen has one set of
+    /// worker threads: OpenBLAS's own, which yield-spin after every call, fought msgen's
+    /// for the cores (on 2 cores a fifth of a server step went to the kernel's scheduler),
+    /// and they stay at 1 (see `threads`).
+    public static func gemm(
+        m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        transposedB: Bool, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        // Parts of at least 16 columns and ~256 K multiply-adds: less is not worth a thread.
+        let parts = max(1, min(threads, n / 16, (m * n * k) >> 18))
+        let step = ((n + parts - 1) / parts + 15) / 16 * 16
+        parallelFor((n + step - 1) / step) { range in
+            for p in range {
+                let j0 = p * step, j1 = min(n, j0 + step)
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(j1 - j0), Int32(k),
+                    alpha, a, Int32(lda), transposedB ? b + j0 * ldb : b + j0, Int32(ldb), beta, c + j0, Int32(ldc))
+            }
         }
     }
 
@@ -197,6 +215,21 @@ public enum Kernels {
         }
     }
 
+    /// Attention of one query over a window kept in a ring of rows, all heads at once:
+    /// window row j (0 ≤ j < n) is row (first + j) mod `ring` of `keys` and `values`, and
+    /// its key is that row plus row j of `keyAdd` (CST's local attention: raw keys in the
+    /// ring, the window positions' part of the keys added as each row is read, so that
+    /// nothing is copied). Rows are `stride` floats apart, `keyAdd`'s `keyAddStride`;
+    /// head h is the dh values from h·dh of each row. `scores` holds H·n floats.
+    public static func attendRing(
+        query q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, stride: Int, ring: Int,
+        first: Int, count n: Int, keyAdd: UnsafePointer<Float>, keyAddStride: Int, heads H: Int, headDim dh: Int,
+        scale: Float, scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
+    ) {
+        msgen_attend_ring(
+            Int32(level.rawValue), q, keys, values, stride, ring, first, keyAdd, keyAddStride, n, H, dh, scale, scores, out)
+    }
+
     /// Causal attention of one head for `count` new queries at positions start…start+count−1
     /// over keys 0…(position): scores and weighted values as matrix products, a block of
     /// queries at a time so that the score matrix stays small. `scratch` holds
@@ -209,17 +242,17 @@ public enum Kernels {
         var b = 0
         while b < count {
             let rows = min(causalBlock, count - b), n = start + b + rows
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(dh), scale,
-                q + b * queryStride, Int32(queryStride), keys, Int32(keyStride), 0, s, Int32(n))
+            gemm(
+                m: rows, n: n, k: dh, alpha: scale, a: q + b * queryStride, lda: queryStride, b: keys, ldb: keyStride,
+                transposedB: true, beta: 0, c: s, ldc: n)
             for r in 0..<rows {
                 let valid = start + b + r + 1, row = s + r * n
                 softmax(row, count: valid)
                 (row + valid).update(repeating: 0, count: n - valid)
             }
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(dh), Int32(n), 1,
-                s, Int32(n), values, Int32(valueStride), 0, out + b * outStride, Int32(outStride))
+            gemm(
+                m: rows, n: dh, k: n, alpha: 1, a: s, lda: n, b: values, ldb: valueStride, transposedB: false, beta: 0,
+                c: out + b * outStride, ldc: outStride)
             b += rows
         }
     }
@@ -255,10 +288,18 @@ public enum Kernels {
         set { level = newValue ? .cpu : .baseline }
     }
 
-    /// The number of threads OpenBLAS uses, process-wide. Set it only while no other
-    /// thread is in an OpenBLAS call: changing it mid-call alters that call's results.
+    /// The number of threads msgen's kernels split their work over, process-wide (by
+    /// default what OpenBLAS would have used: OPENBLAS_NUM_THREADS, else the cores). Set
+    /// it only while no other thread is in a kernel. OpenBLAS itself runs single-threaded
+    /// from the first use of this on (`gemm` says why).
     public static var threads: Int {
-        get { Int(openblas_get_num_threads()) }
-        set { openblas_set_num_threads(Int32(newValue)) }
+        get { threadCount.load(ordering: .relaxed) }
+        set { threadCount.store(max(1, newValue), ordering: .relaxed) }
     }
+
+    private static let threadCount: Atomic<Int> = {
+        let n = max(1, Int(openblas_get_num_threads()))
+        openblas_set_num_threads(1)
+        return Atomic(n)
+    }()
 }

@@ -144,9 +144,8 @@ extension Kernels {
             parallelFor(t, minimum: max(1, (1 << 15) / max(k, 1))) { r in
                 msgen_widen(level, w.type.code, part.data + r.lowerBound * rb, rb, k, r.count, scratch + r.lowerBound * k)
             }
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(t), Int32(k), 1, x, Int32(lx),
-                scratch, Int32(k), beta, y + j, Int32(ly))
+            gemm(
+                m: m, n: t, k: k, alpha: 1, a: x, lda: lx, b: scratch, ldb: k, transposedB: true, beta: beta, c: y + j, ldc: ly)
             j += t
         }
     }

@@ -141,18 +141,24 @@ struct BlockStack {
         // Activations, each written in full before it is read: not zeroed first.
         let u = Floats(count: T * D, zeroed: false), qkv = Floats(count: T * 3 * D, zeroed: false)
         let a = Floats(count: T * D, zeroed: false), f = Floats(count: T * dFF, zeroed: false)
-        // Score rows of the causal attention, shared by every block and head.
-        let scratch = Floats(count: Kernels.causalScratch(keys: start + T), zeroed: false)
+        // Score rows of the causal attention, one set per thread, shared by every block.
+        let perThread = Kernels.causalScratch(keys: start + T), threads = min(H, Kernels.threads)
+        let scratch = Floats(count: perThread * threads, zeroed: false)
         for (li, l) in blocks.enumerated() {
             let s = state[li]
             Kernels.layerNorm(h, rows: T, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: eps, into: u.p)
             l.qkv.apply(u.p, rows: T, into: qkv.p)
             for i in 0..<T { s.append(qkv.row(i, 3 * D), at: start + i) }
-            for hd in 0..<H {
-                Kernels.causalAttention(
-                    queries: qkv.p + hd * dh, queryStride: 3 * D, keys: s.k.p + hd * dh, keyStride: D,
-                    values: s.v.p + hd * dh, valueStride: D, start: start, count: T, headDim: dh,
-                    scale: scale, scratch: scratch.p, into: a.p + hd * dh, outStride: D)
+            // The heads split over the threads (each head's products single-threaded).
+            Kernels.parallelFor(threads) { parts in
+                for part in parts {
+                    for hd in (H * part / threads)..<(H * (part + 1) / threads) {
+                        Kernels.causalAttention(
+                            queries: qkv.p + hd * dh, queryStride: 3 * D, keys: s.k.p + hd * dh, keyStride: D,
+                            values: s.v.p + hd * dh, valueStride: D, start: start, count: T, headDim: dh,
+                            scale: scale, scratch: scratch.p + part * perThread, into: a.p + hd * dh, outStride: D)
+                    }
+                }
             }
             l.o.apply(a.p, rows: T, into: h, accumulate: true)
             l.ffn.apply(h, rows: T, u: u.p, f: f.p)

@@ -57,26 +57,20 @@ struct LocalAttention: @unchecked Sendable {
 
     /// The token at `position` (its raw q, k, v in `qkv`), after writing its key and value
     /// into the ring: over the tokens from its slice's start less E (clipped at token 0)
-    /// to itself, all of which the ring holds. `keys` and `values` hold W·D floats of
-    /// scratch, `query` D, `scores` W.
+    /// to itself, all of which the ring holds, each key with its P_l row added as it is
+    /// read. `query` holds D floats of scratch, `scores` H·W.
     func token(
-        _ qkv: UnsafePointer<Float>, position p: Int, ringK: Floats, ringV: Floats,
-        keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, query: UnsafeMutablePointer<Float>,
+        _ qkv: UnsafePointer<Float>, position p: Int, ringK: Floats, ringV: Floats, query: UnsafeMutablePointer<Float>,
         scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>
     ) {
         let r = p % L, first = max(0, p - r - E), n = p - first + 1
         ringK.row(p % W, D).update(from: qkv + D, count: D)
         ringV.row(p % W, D).update(from: qkv + 2 * D, count: D)
         Kernels.sum(qkv, plQ.row(E + r, D), into: query, count: D)
-        for j in first...p {
-            Kernels.sum(ringK.row(j % W, D), plK.row(E + j - (p - r), D), into: keys + (j - first) * D, count: D)
-            (values + (j - first) * D).update(from: ringV.row(j % W, D), count: D)
-        }
-        for hd in 0..<H {
-            Kernels.attend(
-                query: query + hd * dh, keys: keys + hd * dh, keyStride: D, values: values + hd * dh,
-                valueStride: D, count: n, headDim: dh, scale: scale, scores: scores, into: out + hd * dh)
-        }
+        Kernels.attendRing(
+            query: query, keys: ringK.p, values: ringV.p, stride: D, ring: W, first: first % W, count: n,
+            keyAdd: plK.row(E + first - (p - r), D), keyAddStride: D, heads: H, headDim: dh, scale: scale, scores: scores,
+            into: out)
     }
 }
 
@@ -231,13 +225,12 @@ extension SliceDecoder {
             Kernels.layerNorm(h.p, rows: B, dim: D, weight: l.norm1.weight.p, bias: l.norm1.bias.p, eps: config.normEps, into: u.p)
             l.qkv.apply(u.p, rows: B, into: qkv.p)
             Kernels.parallelFor(B, minimum: 4) { range in
-                let wk = Floats(count: W * D, zeroed: false), wv = Floats(count: W * D, zeroed: false)
-                let q = Floats(count: D, zeroed: false), sc = Floats(count: W, zeroed: false)
+                let q = Floats(count: D, zeroed: false), sc = Floats(count: l.local.H * W, zeroed: false)
                 for b in range {
                     let s = cs[b].layers[li]
                     l.local.token(
-                        qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v,
-                        keys: wk.p, values: wv.p, query: q.p, scores: sc.p, into: a.row(b, D))
+                        qkv.row(b, 3 * D), position: cs[b].position, ringK: s.k, ringV: s.v, query: q.p, scores: sc.p,
+                        into: a.row(b, D))
                 }
             }
             for b in 0..<B {

@@ -108,6 +108,31 @@ struct KernelsTests {
         }
     }
 
+    /// gemm splits c's columns over the threads (here 1,001 columns: parts of 16·j and a
+    /// ragged last one), with b as [n, k] rows or as [k, n], with alpha and beta, and
+    /// strided a and c: every entry equals the sum in Double.
+    @Test(arguments: [true, false]) func gemmMatchesLoops(transposedB: Bool) {
+        let (m, n, k, lda, ldc) = (33, 1001, 70, 75, 1003)
+        let a = (0..<(m * lda)).map { Float(($0 * 7) % 13) / 6 - 1 }
+        let b = (0..<(n * k)).map { Float(($0 * 5) % 11) / 5 - 1 }
+        let c0 = (0..<(m * ldc)).map { Float($0 % 3) }
+        var c = c0
+        Kernels.gemm(
+            m: m, n: n, k: k, alpha: 0.5, a: a, lda: lda, b: b, ldb: transposedB ? k : n, transposedB: transposedB, beta: 2,
+            c: &c, ldc: ldc)
+        var worst = 0.0
+        for r in 0..<m {
+            for j in 0..<n {
+                var s = 0.0
+                for i in 0..<k { s += Double(a[r * lda + i]) * Double(transposedB ? b[j * k + i] : b[i * n + j]) }
+                worst = max(worst, abs(Double(c[r * ldc + j]) - (0.5 * s + 2 * Double(c0[r * ldc + j]))))
+            }
+            // The padding between rows of c is left alone.
+            #expect(c[(r * ldc + n)..<(r * ldc + ldc)] == c0[(r * ldc + n)..<(r * ldc + ldc)])
+        }
+        #expect(worst < 1e-4)
+    }
+
     @Test func attendIsSoftmaxWeightedValues() {
         let (n, dh) = (5, 8)
         let q = (0..<dh).map { Float($0) / 8 }

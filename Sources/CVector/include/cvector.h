@@ -65,6 +65,13 @@ void msgen_widen(int level, int type, const void *w, long row_bytes, long k, lon
 void msgen_attend_part(int level, const float *q, const float *keys, long key_stride, const float *values,
                        long value_stride, long j0, long j1, long H, long head_dim, float scale, float *scores,
                        float *out, float *m, float *l);
+/* Attention of one query over the n rows of a ring (local attention's window), all H
+   heads, normalised: row j (0 ≤ j < n) is row (first + j) mod ring of keys and values
+   (rows `stride` floats apart), and its key is that row plus row j of key_add (rows
+   key_add_stride apart; the window positions' part of the keys). scores holds H·n floats. */
+void msgen_attend_ring(int level, const float *q, const float *keys, const float *values, long stride, long ring,
+                       long first, const float *key_add, long key_add_stride, long n, long H, long head_dim, float scale,
+                       float *scores, float *out);
 /* `parts` results of msgen_attend_part over consecutive row ranges (part p's out at
    outs + p·H·head_dim, its m and l at ms + p·H, ls + p·H) combined into the softmax-
    weighted sum over all the rows: out[h·head_dim …] = Σ_p e^(m_p − m)·out_p / Σ_p e^(m_p − m)·l_p
