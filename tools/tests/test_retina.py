@@ -1,13 +1,16 @@
 """The retina decoder of DESIGN §8 (c): the batched model against the slice-by-slice loop
 reference, causality, config rules, export round trip."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors import safe_open
 
 from conftest import rand_model
 from msgen_tools.export import export_checkpoint, load_checkpoint
-from msgen_tools.models import ModelConfig, count_params
+from msgen_tools.models import ModelConfig, build_model, count_params
 from msgen_tools.reference_loops import retina_forward_loop
 
 TOL = 1e-5
@@ -129,3 +132,41 @@ def test_suggested_kjv_config_size():
     n = count_params(build_model(c))
     assert abs(n - 4_232_704) <= 0.05 * 4_232_704, n
     assert c.reach >= 4096
+
+
+def test_shipped_retina_kjv_matches_the_reference(tmp_path):
+    """models/retina-kjv.msz, read back by the pure-Python .msz reader into the PyTorch
+    RetinaDecoder, scores a text exactly as `msgen perplexity` does: in windows of 512
+    (several, with context carried over) and in one pass with --stream, which for PyTorch
+    is one window of the whole text (it fits in the reach, so the two see the same)."""
+    import os
+    import subprocess
+
+    import tokenizers
+
+    from msgen_tools import msz
+    from msgen_tools.train_lm import encode_file, perplexity
+
+    root = Path(__file__).resolve().parents[2]
+    binary = next((p for p in [os.environ.get("MSGEN"), root / ".build/release/msgen", root / ".build/debug/msgen"]
+                   if p and Path(p).is_file()), None)
+    if binary is None:
+        pytest.skip("no msgen binary built")
+    shipped = root / "models" / "retina-kjv.msz"
+    excerpt = (root / "Tests" / "Fixtures" / "perplexity" / "kjv-test-excerpt.txt").read_text(encoding="utf-8")
+    text = tmp_path / "excerpt.txt"
+    text.write_text(excerpt[:12000], encoding="utf-8")  # ~3,000 tokens: within the reach
+    f = msz.MSZFile(shipped)
+    model = build_model(ModelConfig.from_dict(dict(f.config, architecture=f.architecture)))
+    model.load_state_dict({t.name: torch.from_numpy(f.array(t.name, widen=True).copy()) for t in f.tensors})
+    model.eval()
+    ids = encode_file(tokenizers.Tokenizer.from_str(f.tokenizer_json), text)
+    assert 600 < len(ids) < model.cfg.slice_length * model.cfg.level_window * model.cfg.pool_factor ** 2
+    for extra, context in [(["--context", "512"], 512), (["--stream"], len(ids))]:
+        out = subprocess.run([str(binary), "perplexity", "--model", str(shipped), "--json", *extra, str(text)],
+                             capture_output=True, text=True, check=True).stdout
+        ours = json.loads(out)
+        with torch.no_grad():
+            ref = perplexity(model, ids, context)
+        assert ours["tokens"] == ref["tokens"]
+        assert abs(ours["nll"] - ref["nll"]) <= 1e-4 * ref["nll"], (extra, ours["nll"], ref["nll"])
