@@ -243,6 +243,41 @@ INLINE __m512 qstep_vnni(__m512 acc, QW_vnni w, QX_vnni x, __m512 dw, __m512 dx)
 #undef qxload
 #undef qstep
 #undef qhsum
+
+/* Decode's case (one row of x) with what depends on x alone worked out once per call
+   rather than for every weight row: per step of two blocks, x's 64 bytes, the −128·Σx
+   start and the x scales spread to the block lanes, 192 bytes in the order the steps read
+   them. A row's step is then the weights' load, scales and one vpdpbusd. */
+enum { PRE_STEP = 192 };
+static void q8_pre_vnni(const signed char *xq, const float *xd, long nb, char *pre) {
+    for (long b = 0, s = 0; b < nb; b += 2, s++) {
+        int c = nb - b >= 2 ? 2 : 1;
+        QX_vnni x = qxload_vnni(xq + b * 32, c);
+        __m512 dx = qxscale_vnni(xd + b, c);
+        _mm512_storeu_si512(pre + s * PRE_STEP, x.x);
+        _mm512_storeu_si512(pre + s * PRE_STEP + 64, x.start);
+        _mm512_storeu_ps((float *)(pre + s * PRE_STEP + 128), dx);
+    }
+}
+INLINE __m512 q8_pre_step_vnni(__m512 acc, const char *blk, int c, const char *pre) {
+    __m512i sums = _mm512_dpbusd_epi32(_mm512_loadu_si512(pre + 64), qprep_vnni(blk, c), _mm512_loadu_si512(pre));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(qscale_vnni(blk, c), _mm512_loadu_ps((const float *)(pre + 128))), acc);
+}
+static void q8_rows_pre_vnni(const char *w, long rb, long k, long j0, long j1, const char *pre, const float *bias, float *y,
+                             int accumulate) {
+    long nb = k / 32;
+    for (long j = j0; j < j1; j++) {
+        const char *row = w + j * rb;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        long b = 0, s = 0;
+        for (; b + 4 <= nb; b += 4, s += 2) {
+            a0 = q8_pre_step_vnni(a0, row + b * 34, 2, pre + s * PRE_STEP);
+            a1 = q8_pre_step_vnni(a1, row + (b + 2) * 34, 2, pre + (s + 1) * PRE_STEP);
+        }
+        for (; b < nb; b += 2, s++) a0 = q8_pre_step_vnni(a0, row + b * 34, nb - b >= 2 ? 2 : 1, pre + s * PRE_STEP);
+        put(y + j, _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)), bias, j, accumulate);
+    }
+}
 #pragma clang attribute pop
 
 #undef VF
@@ -330,6 +365,14 @@ void msgen_matvec_q8(int level, const void *w, long row_bytes, long k, long j0, 
                      int accumulate) {
     level = usable(level);
     long nb = k / 32, block = row_block(row_bytes);
+    char *pre = NULL;
+#if defined(__x86_64__)
+    char stack[64 * PRE_STEP];
+    if (level >= MSGEN_LEVEL_AVX512_VNNI && nx == 1 && (nb + 1) / 2 <= 64) {  /* k ≤ 4,096 */
+        pre = stack;
+        q8_pre_vnni(xq, xd, nb, pre);
+    }
+#endif
     for (long jb = j0; jb < j1; jb += block) {
         long je = j1 - jb < block ? j1 : jb + block;
         for (long r = 0; r < nx; r += 8) {
@@ -338,6 +381,7 @@ void msgen_matvec_q8(int level, const void *w, long row_bytes, long k, long j0, 
             const float *dr = xd + r * nb;
             float *yr = y + r * ldy;
 #if defined(__x86_64__)
+            if (level >= MSGEN_LEVEL_AVX512_VNNI && pre) { q8_rows_pre_vnni(w, row_bytes, k, jb, je, pre, bias, yr, accumulate); continue; }
             if (level >= MSGEN_LEVEL_AVX512_VNNI) { matvec_q8_vnni(w, row_bytes, k, jb, je, qr, dr, n, bias, yr, ldy, accumulate); continue; }
             if (level >= MSGEN_LEVEL_AVX2) { matvec_q8_avx2(w, row_bytes, k, jb, je, qr, dr, n, bias, yr, ldy, accumulate); continue; }
 #endif
