@@ -53,8 +53,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        // What the test targets share: running the built msgen binary.
-        .target(name: "MSGenTestSupport", path: "Tests/Support"),
+        // What the test targets share: running the built msgen binary, the fixture models.
+        .target(
+            name: "MSGenTestSupport", dependencies: ["MSGen", "MSModels", "MSFormat", "MSTokenizer"], path: "Tests/Support"),
         .testTarget(name: "MSKernelsTests", dependencies: ["MSKernels"]),
         .testTarget(name: "MSModelsTests", dependencies: ["MSModels", "MSFormat"]),
         .testTarget(name: "MSGenTests", dependencies: ["MSGen", "MSModels", "MSFormat", "MSTokenizer", "msgen", "MSGenTestSupport"]),
@@ -66,7 +67,7 @@ let package = Package(
         .testTarget(
             name: "MSServeTests",
             dependencies: [
-                "MSServe", "MSServeRequests", "MSGen", "MSModels", "MSFormat", "MSTokenizer",
+                "MSServe", "MSServeRequests", "MSGen", "MSModels", "MSFormat", "MSTokenizer", "MSGenTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),

@@ -1,20 +1,11 @@
 import Foundation
 import MSFormat
+import MSGenTestSupport
 import MSModels
 import MSTokenizer
 import Testing
 
 @testable import MSGen
-
-/// A generator over a golden fixture model (random weights, real tokenizer).
-func fixtureGenerator(_ name: String = "cst_a3_shared_untied_gelutanh_full") throws -> Generator {
-    let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/golden/\(name)").path
-    let ckpt = try Checkpoint.load(path: dir)
-    let model = try Architectures.languageModel(
-        config: ckpt.configJSON, tensors: Dictionary(uniqueKeysWithValues: ckpt.tensors.map { ($0.name, $0.tensor) }))
-    return Generator(model: model, tokenizer: try BPETokenizer(json: ckpt.tokenizerJSON!))
-}
 
 func collect(_ g: Generator, _ prompt: String, _ o: GenerationOptions) throws -> (ids: [Int], text: String, summary: GenerationSummary) {
     var ids: [Int] = [], text = "", summary: GenerationSummary?
