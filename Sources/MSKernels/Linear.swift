@@ -63,33 +63,32 @@ public struct WeightMatrix: @unchecked Sendable {
 extension Kernels {
     /// y[rows, out] (= or +=) x[rows, in]·Wᵀ + bias, with W in its stored type: a PyTorch
     /// Linear on `rows` rows at once. Up to `matvecRows` rows read each weight row once
-    /// for all of them (decode); more rows widen W a tile at a time for OpenBLAS's sgemm
-    /// (prefill, scoring); f32 weights go straight to OpenBLAS above `f32MatvecRows`. Rows of x and y may be strided
-    /// (`xStride` ≥ in, `yStride` ≥ out).
+    /// for all of them (decode, batched decode); more rows go to OpenBLAS's sgemm
+    /// (prefill, scoring): f32 weights as they are, the others widened a tile at a time.
+    /// Rows of x and y may be strided (`xStride` ≥ in, `yStride` ≥ out).
     public static func linear(
         _ x: UnsafePointer<Float>, rows m: Int, xStride: Int? = nil, weight w: WeightMatrix, bias: UnsafePointer<Float>?,
         into y: UnsafeMutablePointer<Float>, yStride: Int? = nil, accumulate: Bool = false
     ) {
         let lx = xStride ?? w.cols, ly = yStride ?? w.rows
         guard m > 0, w.rows > 0 else { return }
-        if w.type == .f32, m > f32MatvecRows {
+        if m <= matvecRows {
+            matvec(x, rows: m, xStride: lx, weight: w, bias: bias, into: y, yStride: ly, accumulate: accumulate)
+        } else if w.type == .f32 {
             linear(
                 x, rows: m, in: w.cols, xStride: lx, weight: w.data.assumingMemoryBound(to: Float.self), out: w.rows,
                 bias: bias, into: y, yStride: ly, accumulate: accumulate)
-        } else if m <= matvecRows {
-            matvec(x, rows: m, xStride: lx, weight: w, bias: bias, into: y, yStride: ly, accumulate: accumulate)
         } else {
             tiled(x, rows: m, xStride: lx, weight: w, bias: bias, into: y, yStride: ly, accumulate: accumulate)
         }
     }
 
-    /// The most rows of x that `linear` runs as matrix–vector products.
+    /// The most rows of x that `linear` runs as matrix–vector products, for every dtype:
+    /// a server's batched step (up to 64 sequences). sgemm packs all of W on every call,
+    /// which for so few rows is a tenth of the product (`sgemm_incopy` 11 % of a 64-row
+    /// step of the bundled CST, 2 threads); on a GPT-2-small layer set, one row, the C
+    /// kernel took 21.5 ms against sgemv's 24–27, 56 ms against sgemm's 59 at 8 rows.
     public static let matvecRows = 64
-    /// The same for f32 weights, above which OpenBLAS is as fast: on a GPT-2-small-shaped
-    /// layer set (12 × 768×2304, 768×768, 768×3072, 3072×768, weights from DRAM, one
-    /// thread, CPU time on a loaded AMD EPYC with AVX-512) the C kernel took 21.5 ms at
-    /// 1 row vs sgemv's 24–27, 36 ms at 4 rows vs sgemm's 50, and 56 vs 59 at 8 rows.
-    public static let f32MatvecRows = 64
 
     /// Each weight row read once for all m rows of x (any m; the C kernel takes 8 at a
     /// time), output rows split over the threads. q8 quantises x to q8 blocks first.

@@ -182,7 +182,7 @@ struct BlockStack {
                 for b in range {
                     let s = states[b][li], p = positions[b]
                     s.append(qkv.row(b, 3 * D), at: p)
-                    // The heads split over the threads only when the batch is not.
+                    // The cache rows split over the threads only when the batch is not.
                     Kernels.attendHeads(
                         query: qkv.row(b, 3 * D), keys: s.k.p, keyStride: D, values: s.v.p, valueStride: D, count: p + 1,
                         heads: H, headDim: dh, scale: scale, split: range.count == B, scores: scores.p, into: a.row(b, D))
