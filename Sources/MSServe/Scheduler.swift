@@ -33,8 +33,9 @@ private final class Sequence: @unchecked Sendable {
     /// Prompt tokens already run into the cache: a long prompt goes in over several
     /// rounds, a chunk per round, so that it never stalls the running streams for long.
     var prefilled = 0
-    /// The logits the next token is sampled from (set by prefill, then by each step).
-    var logits: [Float] = []
+    /// The logits the next token is sampled from (set by prefill, then by each step: its
+    /// row of the step's logits, shared with the other rows, not copied).
+    var logits: ArraySlice<Float> = []
     /// The token sampled last, fed to the next step.
     var lastToken = -1
     let output: AsyncStream<SequenceEvent>.Continuation
@@ -177,7 +178,7 @@ final class Scheduler: @unchecked Sendable {
             // Every active sequence's next token in one batched pass (the projections and the MLP
             // as matrix–matrix products over the batch): row i is sequence i's logits.
             let logits = model.step(running.map(\.lastToken), caches: running.map { $0.cache! })
-            for (i, s) in running.enumerated() { s.logits = Array(logits[(i * V)..<((i + 1) * V)]) }
+            for (i, s) in running.enumerated() { s.logits = logits[(i * V)..<((i + 1) * V)] }
             metrics.stepBatchSize.record(Double(running.count))
         }
         fail(running + prefilling, .shuttingDown)
@@ -245,7 +246,7 @@ final class Scheduler: @unchecked Sendable {
             do {
                 let rows = try model.prefill(
                     Array(s.prompt[s.prefilled..<end]), cache: s.cache!, logitsFor: last ? (end - s.prefilled - 1)..<(end - s.prefilled) : 0..<0)
-                if last { s.logits = rows }
+                if last { s.logits = rows[...] }
             } catch {
                 prefilling.removeFirst()
                 fail([s], .internalError("prefill failed: \(error)"))
