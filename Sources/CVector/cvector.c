@@ -13,6 +13,7 @@
 #pragma clang diagnostic ignored "-Wpsabi"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef float v8f __attribute__((vector_size(32)));
@@ -151,6 +152,70 @@ INLINE void layer_norm(const float *x, float *y, long n, const float *w, const f
     for (; i < n; i++) y[i] = (x[i] - mean) * inv * w[i] + b[i];
 }
 
+/* Inserts candidate i into best[0..*len) (largest first, ties: the smaller id first, so
+   ids come in ascending), keeping at most k. NaN never enters: it orders with nothing. */
+INLINE void top_insert(const float *x, long i, long k, long *best, long *len) {
+    if (x[i] != x[i] || (*len == k && !(x[i] > x[best[k - 1]]))) return;
+    long at = *len < k ? (*len)++ : k - 1;
+    while (at > 0 && x[best[at - 1]] < x[i]) { best[at] = best[at - 1]; at--; }
+    best[at] = i;
+}
+
+/* The k-th largest of a[0..n) (1 ≤ k ≤ n, no NaN), reordering a: Wirth's selection. */
+static float kth_largest(float *a, long n, long k) {
+    long lo = 0, hi = n - 1, target = k - 1;
+    while (lo < hi) {
+        float pivot = a[target];
+        long i = lo, j = hi;
+        do {
+            while (a[i] > pivot) i++;
+            while (pivot > a[j]) j--;
+            if (i <= j) { float t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+        } while (i <= j);
+        if (j < target) lo = i;
+        if (target < i) hi = j;
+    }
+    return a[target];
+}
+
+/* A threshold t no higher than the k-th largest value: the k-th largest of the maxima of
+   chunks of 32 (those k maxima are k distinct values ≥ t). Then only the values ≥ t (a few
+   more than k: the chunks whose maximum reaches t), eight compared at a time, go through
+   the insertion into the sorted list of k, in ascending id order. Rows of fewer than 2k
+   chunks, or with a NaN maximum, take every value through the insertion. */
+INLINE long top_k(const float *x, long n, long k, long *best) {
+    enum { CHUNK = 32 };
+    long len = 0, chunks = (n + CHUNK - 1) / CHUNK;
+    if (k <= 0 || n <= 0) return 0;
+    float *maxima = chunks >= 2 * k ? malloc((size_t)chunks * sizeof(float)) : NULL;
+    int ordered = maxima != NULL;
+    for (long c = 0; ordered && c < chunks; c++) {
+        long len_c = n - c * CHUNK < CHUNK ? n - c * CHUNK : CHUNK;
+        maxima[c] = maximum(x + c * CHUNK, len_c);
+        if (maxima[c] != maxima[c]) ordered = 0;
+    }
+    if (!ordered) {
+        free(maxima);
+        for (long i = 0; i < n; i++) top_insert(x, i, k, best, &len);
+        return len;
+    }
+    float t = kth_largest(maxima, chunks, k);
+    free(maxima);
+    v8f vt = splat(t);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8i above = (v8i)(load(x + i) >= vt);
+        int any = 0;
+        for (int j = 0; j < 8; j++) any |= above[j];
+        if (any)
+            for (long j = i; j < i + 8; j++)
+                if (x[j] >= t) top_insert(x, j, k, best, &len);
+    }
+    for (; i < n; i++)
+        if (x[i] >= t) top_insert(x, i, k, best, &len);
+    return len;
+}
+
 /* Which copies run: a level (MSGEN_LEVEL_*, cvector.h), per thread, so that a test can
    check a lower copy without changing what other threads run. -1: not yet asked. The
    element-wise loops here have two copies: AVX2 + FMA from MSGEN_LEVEL_AVX2 up, and the
@@ -204,6 +269,7 @@ TWO_COPIES_VOID(msgen_gelu_tanh, gelu_tanh, (float *x, long n), (x, n))
 TWO_COPIES(float, msgen_max, maximum, (const float *x, long n), (x, n))
 TWO_COPIES(double, msgen_sum_exp, sum_exp, (const float *x, long n, float m), (x, n, m))
 TWO_COPIES(float, msgen_exp_sum, exp_sum, (float *x, long n, float m), (x, n, m))
+TWO_COPIES(long, msgen_top_k, top_k, (const float *x, long n, long k, long *ids), (x, n, k, ids))
 TWO_COPIES_VOID(msgen_softmax, softmax, (float *x, long n), (x, n))
 TWO_COPIES_VOID(msgen_layer_norm, layer_norm, (const float *x, float *y, long n, const float *w, const float *b, float eps),
                 (x, y, n, w, b, eps))

@@ -133,6 +133,18 @@ public enum Kernels {
     /// The largest of n > 0 values.
     public static func maximum(_ x: UnsafePointer<Float>, count n: Int) -> Float { msgen_max(x, n) }
 
+    /// The indices of the k largest of n values, largest first (ties: the smaller index
+    /// first), NaN never (so fewer than k when fewer are numbers). In C (CVector), in two
+    /// vector passes: in Swift the same passes ran 40 µs on a 4,096-token row, its SIMD
+    /// types compiled for plain x86-64.
+    public static func topK(_ k: Int, of x: UnsafeBufferPointer<Float>) -> [Int] {
+        guard k > 0, let base = x.baseAddress else { return [] }
+        let k = min(k, x.count)
+        return [Int](unsafeUninitializedCapacity: k) { ids, done in
+            done = ids.baseAddress!.withMemoryRebound(to: CLong.self, capacity: k) { msgen_top_k(base, x.count, k, $0) }
+        }
+    }
+
     /// log Σ e^x[i] over n > 0 values: what a log-softmax subtracts from every logit.
     public static func logSumExp(_ x: UnsafePointer<Float>, count n: Int) -> Double {
         let m = maximum(x, count: n)

@@ -15,6 +15,9 @@ float msgen_max(const float *x, long n);
 double msgen_sum_exp(const float *x, long n, float m);
 /* x = e^(x − m) in place (m ≥ every x[i]); returns Σ of the new values. */
 float msgen_exp_sum(float *x, long n, float m);
+/* The ids of the k largest of n values into ids[0..k), largest first, ties to the smaller
+   id, NaN never; returns how many (k, or fewer when fewer values are not NaN). */
+long msgen_top_k(const float *x, long n, long k, long *ids);
 /* softmax in place: e^(x − max) / Σ. */
 void msgen_softmax(float *x, long n);
 /* One row of LayerNorm: y = (x − mean)/√(var + eps)·w + b over n values. */
