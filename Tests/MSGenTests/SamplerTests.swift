@@ -35,25 +35,6 @@ struct SamplerTests {
         #expect(Sampler.largest(k, of: l) == Array(sorted.prefix(k)))
     }
 
-    /// The same on vocabulary-sized rows, where the threshold pass runs (at least 2k
-    /// chunks of 32): ties, a rising row (every logit beats the ones before), a falling
-    /// one, a row with NaNs (which the insertion path takes), and a length that leaves a
-    /// partial last chunk.
-    @Test(arguments: [1, 40, 64]) func largestKOnVocabularyRows(k: Int) {
-        var rng = SplitMix64(seed: UInt64(k) + 99)
-        let rows: [[Float]] = [
-            (0..<4096).map { _ in Float(rng.next() % 23) },
-            (0..<4096).map { Float($0) },
-            (0..<4096).map { -Float($0) },
-            (0..<4096).map { $0 % 1000 == 7 ? .nan : Float(rng.next() % 1000) / 10 },
-            (0..<4103).map { _ in Float(Int(rng.next() % 2001) - 1000) / 7 },
-        ]
-        for l in rows {
-            let sorted = l.indices.filter { !l[$0].isNaN }.sorted { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }
-            #expect(Sampler.largest(k, of: l) == Array(sorted.prefix(k)), "\(l.count) logits from \(l[0])")
-        }
-    }
-
     @Test(arguments: [0.1, 0.5, 0.9, 0.95, 0.999])
     func topPKeepsTheSmallestSetReachingP(p: Double) {
         let l = Self.logits(200, seed: 7)

@@ -61,6 +61,34 @@ struct KernelsTests {
         #expect(masked[1] < 1e-30 && abs(masked.reduce(0, +) - 1) < 1e-6)
     }
 
+    /// Top-k equals the first k of a full sort (largest first, ties to the smaller index,
+    /// NaN left out), in both copies: short rows (the insertion path), vocabulary-sized
+    /// ones (threshold pass) with ties, rising and falling values, a partial last chunk,
+    /// NaNs, a whole chunk of NaN, and k past the count.
+    @Test(arguments: [true, false]) func topKEqualsTheSortsPrefix(avx2: Bool) {
+        Kernels.avx2 = avx2
+        defer { Kernels.avx2 = true }
+        var rng = UInt64(7)
+        func next() -> UInt64 { rng = rng &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407; return rng >> 33 }
+        let rows: [[Float]] = [
+            (0..<300).map { _ in Float(next() % 17) },
+            (0..<4096).map { _ in Float(next() % 23) },
+            (0..<4096).map { Float($0) },
+            (0..<4096).map { -Float($0) },
+            (0..<4103).map { _ in Float(Int(next() % 2001) - 1000) / 7 },
+            (0..<4096).map { $0 % 1000 == 7 ? .nan : Float(next() % 1000) / 10 },
+            (0..<4096).map { (64..<96).contains($0) ? .nan : Float(next() % 1000) },
+            [3, .nan, 1],
+        ]
+        for l in rows {
+            let sorted = l.indices.filter { !l[$0].isNaN }.sorted { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }
+            for k in [1, 2, 40, 64, 299, 5000] {
+                let got = l.withUnsafeBufferPointer { Kernels.topK(k, of: $0) }
+                #expect(got == Array(sorted.prefix(k)), "k \(k) of \(l.count) from \(l[0])")
+            }
+        }
+    }
+
     /// Many rows at once (split over the threads, which run the default copy) give each
     /// row's own value.
     @Test func logSumExpOfRowsIsEachRows() {
