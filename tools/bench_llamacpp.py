@@ -319,6 +319,15 @@ def print_table(results, depths, threads_list, bandwidth, weight_bytes):
             print(row)
     print(f"  (x/limit: the better of the depths; the deeper the prompt, the more KV cache each token reads on top of"
           f" the weights, e.g. at {deepest}: msgen {fmt_mb(results, 'msgen', deepest)})")
+    print("\nthe same, each round against the bandwidth probed just before and after it (median of the rounds, min–max)")
+    for dt in results:
+        for t in threads_list:
+            p = results[dt][t].get("paired") or []
+            if p:
+                line = "  ".join(f"{side} {median(x[side] for x in p):.0%} ({min(x[side] for x in p):.0%}–{max(x[side] for x in p):.0%})"
+                                 for side in ("msgen", "llama"))
+                bws = ", ".join(f"{x['bandwidth'] / 1e9:.1f}" for x in p)
+                print(f"{dt:5s} {t:3d}   {line}   bandwidth {bws} GB/s")
     print("\nprompt processing tokens/s (best run; the whole prompt from an empty cache)")
     print(f"{'dtype':5s} {'thr':>3s} " + " ".join(f"{str(d) + ' tok':>8s} {'msgen':>7s} {'llama':>7s} {'ratio':>5s}" for d in depths))
     for dt in results:
@@ -329,6 +338,11 @@ def print_table(results, depths, threads_list, bandwidth, weight_bytes):
                 mp, lp = m["prefill"].get(d), l["prefill"].get(d)
                 row += f"{'':8s} {fmt(mp):>7s} {fmt(lp):>7s} {ratio(mp, lp):>5s}"
             print(row)
+
+
+def median(xs):
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
 
 
 def fmt_mb(results, side, depth):
@@ -426,11 +440,21 @@ def main():
         for t in a.threads:
             # --rounds: msgen, llama.cpp, msgen, llama.cpp, …, each side's best figures kept,
             # so that a slow spell of a shared machine lands on both sides alike.
+            # Each round also probes the read bandwidth just before and after its two runs:
+            # on a shared machine it moves (38–75 GB/s at 2 threads in one session here),
+            # so each round's decode is also set against the bandwidth of its own minutes.
             m = ll = None
+            paired = []
             for _ in range(a.rounds):
-                m = best_of(m, run_msgen(a.msgen, msz_path, a.depths, t, a, env))
-                ll = best_of(ll, run_llamacpp(gguf_path, a.depths, t, a, shape["vocab_size"]))
-            results[dt][t] = dict(msgen=m, llama=ll)
+                before = msgen_read_bandwidth(a.msgen, probe_model, t, env) or 0
+                mr = run_msgen(a.msgen, msz_path, a.depths, t, a, env)
+                lr = run_llamacpp(gguf_path, a.depths, t, a, shape["vocab_size"])
+                bw = max(before, msgen_read_bandwidth(a.msgen, probe_model, t, env) or 0)
+                if bw:
+                    paired.append(dict(bandwidth=bw, msgen=max(mr["decode"].values()) * weight_bytes[dt] / bw,
+                                       llama=max(lr["decode"].values()) * weight_bytes[dt] / bw))
+                m, ll = best_of(m, mr), best_of(ll, lr)
+            results[dt][t] = dict(msgen=m, llama=ll, paired=paired)
             print(f"  {dt} {t} thread(s){' pinned to CPU ' + str(a.pin) if pinned(t, a) else ''}: msgen ({m['kernels']} kernels)"
                   f" decode {', '.join(fmt(v) for v in m['decode'].values())} tok/s, "
                   f"llama.cpp {', '.join(fmt(v) for v in ll['decode'].values())} tok/s", flush=True)
