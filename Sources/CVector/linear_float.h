@@ -3,7 +3,8 @@
    level. The includer defines:
      NAME(f)        f with the level's suffix
      VF, VW         the float vector type and its lanes
-     vzero(), vload(p), vfma(a, b, c) (a·b + c), vhsum(v)
+     vzero(), vload(p), vfma(a, b, c) (a·b + c), vhsum(v), vhsum8(v, out) (the sums of
+     eight vectors v[0..8) into out[0..8))
      wf16(p), wbf16(p)   VW weights at p widened to VF
      half_scale(p)  the IEEE-half q8 scale at p as a float
    and linear.c defines put() (one output with bias and accumulation) for every copy.
@@ -65,9 +66,17 @@ INLINE void NAME(mv_block)(int type, const char *w, long rb, long k, long j, con
         }
     }
 #pragma clang loop unroll(full)
-    for (int a = 0; a < RW; a++)
+    for (int a = 0; a < RW; a++) {
+        if (NX == 8) { /* a weight row's eight sums in one go (vhsum8): batched decode */
+            float s[8];
+            vhsum8(acc[a], s);
 #pragma clang loop unroll(full)
-        for (int r = 0; r < NX; r++) put(y + r * ldy + j + a, vhsum(acc[a][r]), bias, j + a, accumulate);
+            for (int r = 0; r < 8; r++) put(y + r * ldy + j + a, s[r], bias, j + a, accumulate);
+        } else {
+#pragma clang loop unroll(full)
+            for (int r = 0; r < NX; r++) put(y + r * ldy + j + a, vhsum(acc[a][r]), bias, j + a, accumulate);
+        }
+    }
 }
 
 /* One weight row times one row of x (decode's case), with four accumulators along the
