@@ -184,23 +184,23 @@ static float kth_largest(float *a, long n, long k) {
    the insertion into the sorted list of k, in ascending id order. Rows of fewer than 2k
    chunks, or with a NaN maximum, take every value through the insertion. */
 INLINE long top_k(const float *x, long n, long k, long *best) {
-    enum { CHUNK = 32 };
+    enum { CHUNK = 32, STACK_CHUNKS = 2048 }; /* (on the stack up to 65,536 values: no allocation per token) */
     long len = 0, chunks = (n + CHUNK - 1) / CHUNK;
     if (k <= 0 || n <= 0) return 0;
-    float *maxima = chunks >= 2 * k ? malloc((size_t)chunks * sizeof(float)) : NULL;
+    float stack[STACK_CHUNKS];
+    float *maxima = chunks < 2 * k ? NULL : chunks <= STACK_CHUNKS ? stack : malloc((size_t)chunks * sizeof(float));
     int ordered = maxima != NULL;
     for (long c = 0; ordered && c < chunks; c++) {
         long len_c = n - c * CHUNK < CHUNK ? n - c * CHUNK : CHUNK;
         maxima[c] = maximum(x + c * CHUNK, len_c);
         if (maxima[c] != maxima[c]) ordered = 0;
     }
+    float t = ordered ? kth_largest(maxima, chunks, k) : 0;
+    if (maxima != stack) free(maxima);
     if (!ordered) {
-        free(maxima);
         for (long i = 0; i < n; i++) top_insert(x, i, k, best, &len);
         return len;
     }
-    float t = kth_largest(maxima, chunks, k);
-    free(maxima);
     v8f vt = splat(t);
     long i = 0;
     for (; i + 8 <= n; i += 8) {

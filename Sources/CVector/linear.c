@@ -213,10 +213,9 @@ INLINE __m512 qscale_vnni(const char *blk, int c) {
         __m512i spread = _mm512_permutexvar_epi16(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0x110011, 0x110011, 0x110011, 0x110011, 0, 0, 0, 0), pair);
         return _mm512_cvtph_ps(_mm512_castsi512_si256(spread));
     }
-    uint16_t h0, h1 = 0;
+    uint16_t h0;
     memcpy(&h0, blk, 2);
-    if (c == 2) memcpy(&h1, blk + 34, 2);
-    return spread2(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h0 | (int)h1 << 16)));
+    return spread2(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h0)));
 }
 INLINE __m512 qxscale_vnni(const float *d, int c) {
     return spread2(_mm_setr_ps(d[0], c == 2 ? d[1] : 0, 0, 0));

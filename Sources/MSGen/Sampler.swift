@@ -106,17 +106,12 @@ public struct Sampler: Sendable {
 
 extension Sampler {
     /// The ids of the k largest logits, largest first (ties: the smaller id first; NaN
-    /// never): sorting the whole vocabulary for every token of every sequence was most of
-    /// a batched server step's time.
+    /// never), by Kernels.topK: sorting the whole vocabulary for every token of every
+    /// sequence was most of a batched server step's time, and a one-pass sorted list of k
+    /// in Swift still took ~28 µs per 4,096-token row, a seventh of a 64-sequence step.
     static func largest<C: RandomAccessCollection>(_ k: Int, of l: C) -> [Int] where C.Element == Float, C.Index == Int {
-        if let best = l.withContiguousStorageIfAvailable({ largest(k, in: $0) }) { return best }
-        return Array(l).withUnsafeBufferPointer { largest(k, in: $0) }
+        l.withContiguousStorageIfAvailable { Kernels.topK(k, of: $0) } ?? Array(l).withUnsafeBufferPointer { Kernels.topK(k, of: $0) }
     }
-
-    /// Kernels.topK's two vector passes: one pass with a sorted list of k, eight logits
-    /// skipped at a time, took ~28 µs per 4,096-token row (a seventh of a 64-sequence
-    /// server step).
-    static func largest(_ k: Int, in l: UnsafeBufferPointer<Float>) -> [Int] { Kernels.topK(k, of: l) }
 }
 
 /// SplitMix64: tiny, fast, and the same numbers on every machine for a given seed (the

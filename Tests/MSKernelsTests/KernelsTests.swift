@@ -64,7 +64,7 @@ struct KernelsTests {
     /// Top-k equals the first k of a full sort (largest first, ties to the smaller index,
     /// NaN left out), in both copies: short rows (the insertion path), vocabulary-sized
     /// ones (threshold pass) with ties, rising and falling values, a partial last chunk,
-    /// NaNs, a whole chunk of NaN, and k past the count.
+    /// NaNs, a whole chunk of NaN, a row past the stack's 65,536 values, and k past the count.
     @Test(arguments: [true, false]) func topKEqualsTheSortsPrefix(avx2: Bool) {
         Kernels.avx2 = avx2
         defer { Kernels.avx2 = true }
@@ -78,6 +78,7 @@ struct KernelsTests {
             (0..<4103).map { _ in Float(Int(next() % 2001) - 1000) / 7 },
             (0..<4096).map { $0 % 1000 == 7 ? .nan : Float(next() % 1000) / 10 },
             (0..<4096).map { (64..<96).contains($0) ? .nan : Float(next() % 1000) },
+            (0..<70_000).map { _ in Float(next() % 5003) },  // more chunk maxima than the stack holds
             [3, .nan, 1],
         ]
         for l in rows {
