@@ -158,7 +158,7 @@ def msgen_read_bandwidth(msgen, model, threads, env):
         return None
 
 
-def cpu_flags():
+def cpu_flags(all_flags=False):
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("flags"):
@@ -166,6 +166,8 @@ def cpu_flags():
                 break
         else:
             return ""
+    if all_flags:
+        return " ".join(sorted(flags))
     wanted = ["sse4_2", "avx", "f16c", "fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile"]
     return " ".join(f for f in wanted if f in flags)
 
@@ -257,14 +259,42 @@ def run_llamacpp(gguf_path, depths, threads, a, vocab):
         os.sched_setaffinity(0, before)
 
 
+def amx_crashes(gguf_path):
+    """Whether llama.cpp would put this file's matrices in its AMX buffer, which crashes here:
+    on a CPU with AMX (Sapphire Rapids, in this project's VMs) llama-cpp-python 0.3.36's first
+    Q8_0 product dies in ggml_backend_amx_mul_mat (SIGSEGV, the whole process). F32 and F16
+    never go to that buffer."""
+    return "q8_0" in gguf_path.name and "amx_int8" in cpu_flags(all_flags=True).split()
+
+
+def extra_buffers(gguf_path, a):
+    """llama.cpp's extra buffer types (weight repacking: AMX, CPU_REPACK): on unless
+    --llama-extra-buffers off, or auto and they would crash (amx_crashes)."""
+    return a.llama_extra_buffers == "on" or (a.llama_extra_buffers == "auto" and not amx_crashes(gguf_path))
+
+
 def run_llamacpp_here(gguf_path, depths, threads, a, vocab):
+    import llama_cpp.llama_cpp as lib
     from llama_cpp import Llama
 
     n_ctx = max(depths) + a.decode_tokens * a.repetitions + 8
+    # Llama() takes no use_extra_bufts argument: it starts from llama_model_default_params(),
+    # so to turn them off that function hands out params with the field cleared while the
+    # model loads.
+    default_params = lib.llama_model_default_params
+    if not extra_buffers(gguf_path, a):
+        def without_extra_buffers():
+            p = default_params()
+            p.use_extra_bufts = False
+            return p
+        lib.llama_model_default_params = without_extra_buffers
     # n_batch 2048 / n_ubatch 512 and flash attention are llama.cpp's own defaults (llama-bench,
     # llama-server: flash attention "auto", on for a CPU); llama-cpp-python would turn it off.
-    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=2048, n_ubatch=512, n_threads=threads,
-                n_threads_batch=threads, flash_attn=a.flash_attn, verbose=False)
+    try:
+        llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=2048, n_ubatch=512, n_threads=threads,
+                    n_threads_batch=threads, flash_attn=a.flash_attn, verbose=False)
+    finally:
+        lib.llama_model_default_params = default_params
     out = dict(prefill={}, decode={})
     try:
         for depth in depths:
@@ -378,6 +408,9 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=None, help="default 32 (4 with --quick)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the two sides this many times each, alternating, and keep each side's best (a noisy machine)")
+    ap.add_argument("--llama-extra-buffers", choices=["auto", "on", "off"], default="auto",
+                    help="llama.cpp's weight-repacking buffers (AMX, CPU_REPACK); auto: on, except Q8_0 on a CPU with "
+                         "AMX, where llama-cpp-python 0.3.36 crashes in its AMX product")
     ap.add_argument("--no-flash-attn", dest="flash_attn", action="store_false",
                     help="run llama.cpp without flash attention (llama-cpp-python's default; llama.cpp's is on)")
     ap.add_argument("--native-openblas", action="store_true",
@@ -455,9 +488,12 @@ def main():
                                        llama=max(lr["decode"].values()) * weight_bytes[dt] / bw))
                 m, ll = best_of(m, mr), best_of(ll, lr)
             results[dt][t] = dict(msgen=m, llama=ll, paired=paired)
+            extra = "" if extra_buffers(gguf_path, a) else (
+                " (extra buffer types off: its AMX buffer crashes on this CPU)" if amx_crashes(gguf_path)
+                else " (extra buffer types off)")
             print(f"  {dt} {t} thread(s){' pinned to CPU ' + str(a.pin) if pinned(t, a) else ''}: msgen ({m['kernels']} kernels)"
                   f" decode {', '.join(fmt(v) for v in m['decode'].values())} tok/s, "
-                  f"llama.cpp {', '.join(fmt(v) for v in ll['decode'].values())} tok/s", flush=True)
+                  f"llama.cpp{extra} {', '.join(fmt(v) for v in ll['decode'].values())} tok/s", flush=True)
     # Measured again after the runs, keeping the better: a busy machine gives a probe a
     # bad moment as easily as a run, and a low bandwidth would flatter both runtimes.
     for t in measured:
