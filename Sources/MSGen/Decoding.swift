@@ -22,8 +22,9 @@ public struct Decoded: Sendable {
     /// concatenate to the decoding of its tokens, stop strings included.
     public let piece: String
     /// log p(id) under the model's next-token distribution (the softmax of the logits
-    /// before penalty, truncation and temperature).
-    public let logprob: Float
+    /// before penalty, truncation and temperature); nil unless `options.wantsLogprob` or
+    /// `options.logprobs` > 0 asked for it.
+    public let logprob: Float?
     /// The `options.logprobs` most likely tokens with their log-probabilities, best first
     /// (ties towards the lower id); empty when `options.logprobs` is 0.
     public let top: [TokenLogprob]
@@ -81,7 +82,8 @@ public struct Decoding: Sendable {
         let id = sampler.sample(logits, history: history)
         generated += 1
         remember(id)
-        let (logprob, top) = Decoding.logprobs(logits, of: id, top: options.logprobs)
+        let (logprob, top): (Float?, [TokenLogprob]) =
+            options.wantsLogprob || options.logprobs > 0 ? Decoding.logprobs(logits, of: id, top: options.logprobs) : (nil, [])
 
         var piece = detokenizer.push(id)
         var (text, stopped) = stops.push(piece)

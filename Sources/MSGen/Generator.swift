@@ -10,6 +10,9 @@ public struct GenerationOptions: Sendable {
     public var sampler = SamplerOptions()
     /// How many of the most likely alternatives each token reports with its logprob.
     public var logprobs = 0
+    /// Whether each token reports its own log-probability (also when `logprobs` is 0):
+    /// off, no token pays for the logSumExp over the vocabulary it takes.
+    public var wantsLogprob = false
     public init() {}
 }
 

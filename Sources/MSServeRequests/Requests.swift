@@ -289,6 +289,7 @@ public enum ServeRequests {
         o.stop = c.stop?.values ?? []
         try require(o.stop.count <= 16, "at most 16 stop strings", "stop")
         o.logprobs = topLogprobs
+        o.wantsLogprob = wantsLogprobs
         var s = SamplerOptions()
         s.temperature = c.temperature ?? s.temperature
         s.topK = c.topK ?? s.topK

@@ -209,7 +209,7 @@ enum JSONLine {
             "text": .string(d.piece),
         ]
         if !d.top.isEmpty {
-            o["logprob"] = number(d.logprob)
+            o["logprob"] = number(d.logprob ?? .nan)
             o["top"] = .array(
                 d.top.map { t in
                     .object([

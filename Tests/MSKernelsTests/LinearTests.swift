@@ -170,10 +170,14 @@ struct LinearTests {
 
     /// Fixed edge shapes: one column, exactly one vector, one over, the 32-wide q8 block, and
     /// a long row; around the single-row kernels' unrolling (four 16-float vectors = 64
-    /// values; q8: two steps of two blocks = 128 values, with 1–3 blocks left over).
+    /// values; q8: two steps of two blocks = 128 values, with 1–3 blocks left over; the
+    /// one-row VNNI kernel's groups of eight blocks, 256 values, alone, with 1–7 blocks
+    /// left over, an odd number of groups, and past its 8,192-value limit).
     @Test(arguments: WeightType.allCases) func matvecEdgeShapes(type: WeightType) {
         var rng = Random(seed: 7)
-        let ks = type == .q8 ? [32, 64, 96, 128, 160, 224, 3072] : [1, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129, 3075]  // (3072: GPT-2's d_ff)
+        let ks =
+            type == .q8
+            ? [32, 64, 96, 128, 160, 224, 256, 288, 480, 512, 800, 3072, 8192, 8224] : [1, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129, 3075]  // (3072: GPT-2's d_ff)
         for level in Self.levels {
             for k in ks {
                 for (m, n) in [(1, 1), (1, 4), (1, 5), (2, 7), (4, 3), (8, 2), (9, 9)] {
