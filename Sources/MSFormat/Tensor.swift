@@ -8,17 +8,14 @@ public final class TensorStorage: @unchecked Sendable {
     public static let alignment = 64
     public let bytes: UnsafeMutableRawBufferPointer
 
+    private let region: TensorMemory.Region?
+
     public init(byteCount: Int) {
-        // Large tensors go on 2 MiB pages: faulting in 4 KiB pages one by one costs as much
-        // as decompressing them.
-        let huge = 1 << 21
-        let raw = UnsafeMutableRawPointer.allocate(
-            byteCount: max(byteCount, 1),
-            alignment: byteCount >= 2 * huge ? huge : TensorStorage.alignment)
-        if byteCount >= 2 * huge { madvise(raw, byteCount & ~(huge - 1), MADV_HUGEPAGE) }
-        bytes = UnsafeMutableRawBufferPointer(start: raw, count: byteCount)
+        let (p, region) = TensorMemory.allocate(byteCount)
+        self.region = region
+        bytes = UnsafeMutableRawBufferPointer(start: p, count: byteCount)
     }
-    deinit { bytes.baseAddress.map { $0.deallocate() } }
+    deinit { bytes.baseAddress.map { TensorMemory.free($0, count: bytes.count, region: region) } }
 }
 
 /// A named tensor's dtype, shape and bytes (row-major, contiguous).
