@@ -1,6 +1,10 @@
 import MSFormat
 import MSKernels
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// A float32 array with a stable address, for weights and activations. Models pass raw
 /// pointers to the kernels; this class owns the memory those pointers point into.
 public final class Floats: @unchecked Sendable {
@@ -16,10 +20,16 @@ public final class Floats: @unchecked Sendable {
     /// makes every AVX-512 load of a row split across two lines, which on Intel cores
     /// halved the batched products (a 64-row f32 product 57 → 101 GFLOP/s on one Sapphire
     /// Rapids core, x aligned or not, same kernel).
+    ///
+    /// From 4 MiB (a long KV cache, which attention reads whole every token) on 2 MiB
+    /// pages, for the reason given at TensorMemory; pages are still made resident only
+    /// as they are written, 2 MiB at a time.
     public init(count: Int, zeroed: Bool = true) {
         self.count = count
-        p = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: TensorStorage.alignment)
-            .bindMemory(to: Float.self, capacity: max(count, 1))
+        let bytes = max(count, 1) * 4, huge = 1 << 21
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: bytes >= 2 * huge ? huge : TensorStorage.alignment)
+        if bytes >= 2 * huge { madvise(raw, bytes & ~(huge - 1), MADV_HUGEPAGE) }
+        p = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         if zeroed { p.initialize(repeating: 0, count: max(count, 1)) }
         owner = nil
     }
