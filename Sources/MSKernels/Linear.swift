@@ -2,6 +2,10 @@ import CBLAS
 import CVector
 import Dispatch
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The element type a weight matrix is stored in (msgen's float dtypes; Sources/MSFormat/FORMAT.md).
 public enum WeightType: String, Sendable, CaseIterable {
     case f32, f16, bf16, q8
@@ -157,11 +161,14 @@ extension Kernels {
     /// Memory read bandwidth in GB/s (10⁹ bytes/s): `threads` threads reading their parts
     /// of a `bytes` buffer (≫ the last-level cache, so the reads come from DRAM) with the
     /// widest loads this thread's level has, the best of `passes` passes. The buffer is
-    /// resident while this runs: it adds `bytes` to the process's peak memory.
+    /// resident while this runs: it adds `bytes` to the process's peak memory. On 2 MiB
+    /// pages, as the weights are (MSFormat's TensorMemory): on 4 KiB pages the same reads
+    /// are ~10 % slower, and decode would seem to beat the machine's limit.
     public static func measureReadBandwidth(bytes: Int = 256 << 20, threads: Int = Kernels.threads, passes: Int = 5) -> Double {
-        let chunk = 256, workers = max(1, threads)
+        let chunk = 256, workers = max(1, threads), huge = 1 << 21
         let part = max(chunk, bytes / workers / chunk * chunk), total = part * workers
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: total, alignment: 64)
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: total, alignment: huge)
+        madvise(buffer, total & ~(huge - 1), MADV_HUGEPAGE)
         defer { buffer.deallocate() }
         buffer.initializeMemory(as: UInt8.self, repeating: 1, count: total)  // every page mapped before timing
         let level = Int32(Kernels.level.rawValue)
