@@ -16,7 +16,7 @@ import Synchronization
 /// A packed tensor that is freed while its region lives on (the parts of a fused Q/K/V
 /// copy) gives its whole 4 KiB pages back to the kernel at once (`MADV_DONTNEED`); a
 /// region is freed when its last tensor is.
-enum TensorMemory {
+public enum TensorMemory {
     static let huge = 1 << 21
     static let regionSize = 32 << 20
     static let regionMinimum = 64 << 10
@@ -36,14 +36,18 @@ enum TensorMemory {
     /// The region new tensors go into; the others live as long as their tensors do.
     private static let current = Mutex<Region?>(nil)
 
+    /// n bytes of their own, their whole 2 MiB pages huge (the partial last one is not:
+    /// it would take 2 MiB of memory for a few bytes). Freed by `deallocate()`.
+    public static func allocateOnHugePages(_ n: Int) -> UnsafeMutableRawPointer {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(n, 1), alignment: huge)
+        madvise(p, n & ~(huge - 1), MADV_HUGEPAGE)
+        return p
+    }
+
     /// 64-byte aligned bytes, and the region they were packed into (nil: their own).
     static func allocate(_ n: Int) -> (UnsafeMutableRawPointer, Region?) {
         let alignment = TensorStorage.alignment
-        if n >= ownMinimum {
-            let p = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: huge)
-            madvise(p, n & ~(huge - 1), MADV_HUGEPAGE)
-            return (p, nil)
-        }
+        if n >= ownMinimum { return (allocateOnHugePages(n), nil) }
         guard n >= regionMinimum else { return (UnsafeMutableRawPointer.allocate(byteCount: max(n, 1), alignment: alignment), nil) }
         return current.withLock { current in
             let size = (n + alignment - 1) & ~(alignment - 1)

@@ -1,10 +1,6 @@
 import MSFormat
 import MSKernels
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// A float32 array with a stable address, for weights and activations. Models pass raw
 /// pointers to the kernels; this class owns the memory those pointers point into.
 public final class Floats: @unchecked Sendable {
@@ -26,9 +22,10 @@ public final class Floats: @unchecked Sendable {
     /// as they are written, 2 MiB at a time.
     public init(count: Int, zeroed: Bool = true) {
         self.count = count
-        let bytes = max(count, 1) * 4, huge = 1 << 21
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: bytes >= 2 * huge ? huge : TensorStorage.alignment)
-        if bytes >= 2 * huge { madvise(raw, bytes & ~(huge - 1), MADV_HUGEPAGE) }
+        let bytes = max(count, 1) * 4
+        let raw =
+            bytes >= 4 << 20
+            ? TensorMemory.allocateOnHugePages(bytes) : UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: TensorStorage.alignment)
         p = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         if zeroed { p.initialize(repeating: 0, count: max(count, 1)) }
         owner = nil
