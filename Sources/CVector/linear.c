@@ -269,9 +269,8 @@ INLINE __m512 qstep_vnni(__m512 acc, QW_vnni w, QX_vnni x, __m512 dw, __m512 dx)
    18.4 GB/s from DRAM (read probe 19.0), at k = 3,072 about equal; GPT-2-small's 49
    decode matrices in turn 17.4 → 18.6 GB/s; from L2 1.3–1.5× faster. Sapphire Rapids:
    0.87× the time from DRAM. With the prefetch in q8_group_vnni, GPT-2-small q8 decode
-   at 1 thread (Zen 4, msgen bench -c 128, alternating) 130–139 → 150–159 tok/s.
-   Fewer than eight blocks left take the pair
-   step below (k % 256 != 0, and k < 256 wholly).
+   at 1 thread (Zen 4, msgen bench -c 128, alternating) 130–139 → 150–159 tok/s. Fewer
+   than eight blocks left take the pair step below (k % 256 != 0, and k < 256 wholly).
 
    pre holds, for the ng = nb / 8 groups: x's bytes (4 × 64 a group), then per group the
    start (16 int32: −128·Σx of the lane's block in lanes i < 2, zero in the others, so each
@@ -334,8 +333,8 @@ static void q8_rows_pre_vnni(const char *w, long rb, long k, long j0, long j1, c
                              int accumulate) {
     long nb = k / 32, ng = nb / 8;
     const char *start = pre + ng * 256, *dx = pre + ng * 320, *tail = pre + ng * PRE_GROUP;
-    int16_t index[32] = {0};
-    for (int lane = 0; lane < 16; lane++) index[lane] = (int16_t)(17 * (lane_block(lane) & 3));
+    /* Lane l's scale: halfword 17·(lane_block(l) & 3) = 17·(l >> 2) of its 128 bytes. */
+    static const int16_t index[16] = {0, 0, 0, 0, 17, 17, 17, 17, 34, 34, 34, 34, 51, 51, 51, 51};
     __m512i scale_index = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)index));
     for (long j = j0; j < j1; j++) {
         const char *row = w + j * rb;
