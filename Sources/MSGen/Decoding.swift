@@ -22,11 +22,10 @@ public struct Decoded: Sendable {
     /// concatenate to the decoding of its tokens, stop strings included.
     public let piece: String
     /// log p(id) under the model's next-token distribution (the softmax of the logits
-    /// before penalty, truncation and temperature); nil unless `options.wantsLogprob` or
-    /// `options.logprobs` > 0 asked for it.
+    /// before penalty, truncation and temperature); nil when `options.logprobs` is nil.
     public let logprob: Float?
     /// The `options.logprobs` most likely tokens with their log-probabilities, best first
-    /// (ties towards the lower id); empty when `options.logprobs` is 0.
+    /// (ties towards the lower id); empty when it is 0 or nil.
     public let top: [TokenLogprob]
     /// Set when this token ends the sequence; the token is then not fed to the model.
     public let stop: StopReason?
@@ -82,8 +81,7 @@ public struct Decoding: Sendable {
         let id = sampler.sample(logits, history: history)
         generated += 1
         remember(id)
-        let (logprob, top): (Float?, [TokenLogprob]) =
-            options.wantsLogprob || options.logprobs > 0 ? Decoding.logprobs(logits, of: id, top: options.logprobs) : (nil, [])
+        let scored = options.logprobs.map { Decoding.logprobs(logits, of: id, top: $0) }
 
         var piece = detokenizer.push(id)
         var (text, stopped) = stops.push(piece)
@@ -106,7 +104,7 @@ public struct Decoding: Sendable {
                 text += flush(rest)
             }
         }
-        return Decoded(id: id, text: text, piece: piece, logprob: logprob, top: top, stop: reason)
+        return Decoded(id: id, text: text, piece: piece, logprob: scored?.0, top: scored?.1 ?? [], stop: reason)
     }
 
     /// Ends the sequence early (cancelled): returns the text still held back.

@@ -8,11 +8,10 @@ public struct GenerationOptions: Sendable {
     public var stop: [String] = []
     public var ignoreEOS = false
     public var sampler = SamplerOptions()
-    /// How many of the most likely alternatives each token reports with its logprob.
-    public var logprobs = 0
-    /// Whether each token reports its own log-probability (also when `logprobs` is 0):
-    /// off, no token pays for the logSumExp over the vocabulary it takes.
-    public var wantsLogprob = false
+    /// nil: tokens report no log-probabilities (and none pays for the logSumExp over the
+    /// vocabulary they take); n: each token reports its own and those of the n most likely
+    /// alternatives (OpenAI's `logprobs: 0` is its own only).
+    public var logprobs: Int?
     public init() {}
 }
 

@@ -37,7 +37,7 @@ struct Handlers: Sendable {
         let options: GenerationOptions
         let stream: Bool
         let chat: Bool
-        let wantsLogprobs: Bool
+        var wantsLogprobs: Bool { options.logprobs != nil }
     }
 
     /// A checked request, tokenized and named.
@@ -47,7 +47,7 @@ struct Handlers: Sendable {
         return Job(
             id: prefix + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(24),
             created: Int(Date().timeIntervalSince1970), prompt: ids, options: g.options,
-            stream: g.stream, chat: g.chat, wantsLogprobs: g.wantsLogprobs)
+            stream: g.stream, chat: g.chat)
     }
 
     private func run(_ job: Job, request: Request) async throws -> Response {

@@ -26,16 +26,16 @@ final class Renderer: @unchecked Sendable {
         var isEmpty: Bool { text.isEmpty && completion.tokens.isEmpty }
 
         mutating func add(_ d: Decoded, render: Renderer, offset: Int? = nil) {
-            if render.job.wantsLogprobs {
+            if let logprob = d.logprob {
                 let bytes = render.tokenizer.tokenBytes(d.id)
                 let token = String(decoding: bytes, as: UTF8.self)
                 completion.tokens.append(token)
-                completion.tokenLogprobs.append(finite(d.logprob ?? -.infinity))
+                completion.tokenLogprobs.append(finite(logprob))
                 completion.topLogprobs.append(Dictionary(d.top.map { (render.piece($0.id), finite($0.logprob)) }, uniquingKeysWith: max))
                 completion.textOffset.append((offset ?? 0) + text.unicodeScalars.count)
                 chat.content.append(
                     ChatTokenLogprob(
-                        token: token, logprob: finite(d.logprob ?? -.infinity), bytes: bytes,
+                        token: token, logprob: finite(logprob), bytes: bytes,
                         topLogprobs: d.top.map {
                             ChatTopLogprob(token: render.piece($0.id), logprob: finite($0.logprob), bytes: render.tokenizer.tokenBytes($0.id))
                         }))

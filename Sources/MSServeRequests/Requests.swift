@@ -218,7 +218,8 @@ public struct CheckedGeneration: Sendable {
     public let options: GenerationOptions
     public let stream: Bool
     public let chat: Bool
-    public let wantsLogprobs: Bool
+    /// Whether the response carries logprobs (OpenAI's `logprobs` field).
+    public var wantsLogprobs: Bool { options.logprobs != nil }
 }
 
 /// One function per route body; each throws only APIError.
@@ -228,7 +229,7 @@ public enum ServeRequests {
         let r = try decode(CompletionRequest.self, from: body)
         if r.echo == true { throw APIError.badRequest("'echo' is not supported", param: "echo") }
         let top = try checkTopLogprobs(r.logprobs, param: "logprobs")
-        return try generation(prompt: r.prompt, common: r.common, topLogprobs: top, wantsLogprobs: r.logprobs != nil, chat: false, limits: limits)
+        return try generation(prompt: r.prompt, common: r.common, logprobs: r.logprobs != nil ? top : nil, chat: false, limits: limits)
     }
 
     /// A /v1/chat/completions body.
@@ -236,7 +237,7 @@ public enum ServeRequests {
         let r = try decode(ChatRequest.self, from: body)
         guard !r.messages.isEmpty else { throw APIError.badRequest("'messages' is empty", param: "messages") }
         let top = try checkTopLogprobs(r.topLogprobs, param: "top_logprobs")
-        return try generation(prompt: r.prompt, common: r.common, topLogprobs: top, wantsLogprobs: r.logprobs == true, chat: true, limits: limits)
+        return try generation(prompt: r.prompt, common: r.common, logprobs: r.logprobs == true ? top : nil, chat: true, limits: limits)
     }
 
     /// A /tokenize body.
@@ -272,7 +273,7 @@ public enum ServeRequests {
     /// The options and range checks of a generation request (the same ranges as msgen
     /// generate's options, DESIGN §6).
     static func generation(
-        prompt: String, common c: CommonOptions, topLogprobs: Int, wantsLogprobs: Bool, chat: Bool, limits: RequestLimits
+        prompt: String, common c: CommonOptions, logprobs: Int?, chat: Bool, limits: RequestLimits
     ) throws -> CheckedGeneration {
         if let model = c.model, !model.isEmpty, model != limits.modelName {
             throw APIError.badRequest("unknown model '\(model)'; this server serves '\(limits.modelName)'", param: "model", code: "model_not_found")
@@ -288,8 +289,7 @@ public enum ServeRequests {
         o.ignoreEOS = c.ignoreEos ?? false
         o.stop = c.stop?.values ?? []
         try require(o.stop.count <= 16, "at most 16 stop strings", "stop")
-        o.logprobs = topLogprobs
-        o.wantsLogprob = wantsLogprobs
+        o.logprobs = logprobs
         var s = SamplerOptions()
         s.temperature = c.temperature ?? s.temperature
         s.topK = c.topK ?? s.topK
@@ -303,7 +303,7 @@ public enum ServeRequests {
         try require(s.repeatPenalty > 0 && s.repeatPenalty.isFinite, "'repeat_penalty' must be > 0", "repeat_penalty")
         s.seed = c.seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
         o.sampler = s
-        return CheckedGeneration(prompt: prompt, options: o, stream: c.stream ?? false, chat: chat, wantsLogprobs: wantsLogprobs)
+        return CheckedGeneration(prompt: prompt, options: o, stream: c.stream ?? false, chat: chat)
     }
 
     static func checkTopLogprobs(_ n: Int?, param: String) throws -> Int {

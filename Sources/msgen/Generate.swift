@@ -104,7 +104,7 @@ struct Generate: ParsableCommand {
         options.maxTokens = maxTokens
         options.stop = stop.map(escaped)
         options.ignoreEOS = ignoreEOS
-        options.logprobs = logprobs
+        options.logprobs = logprobs > 0 ? logprobs : nil
         options.sampler.temperature = temperature
         options.sampler.topK = topK
         options.sampler.topP = topP
@@ -208,8 +208,8 @@ enum JSONLine {
             "event": .string("token"), "prompt": .number(Double(prompt)), "id": .number(Double(d.id)),
             "text": .string(d.piece),
         ]
-        if !d.top.isEmpty {
-            o["logprob"] = number(d.logprob ?? .nan)
+        if let logprob = d.logprob {
+            o["logprob"] = number(logprob)
             o["top"] = .array(
                 d.top.map { t in
                     .object([

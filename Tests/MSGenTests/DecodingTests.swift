@@ -23,11 +23,11 @@ struct DecodingTests {
     }
 
     static func decoding(
-        maxTokens: Int = 100, stop: [String] = [], logprobs: Int = 0, wantsLogprob: Bool = false, eos: Int? = 0,
+        maxTokens: Int = 100, stop: [String] = [], logprobs: Int? = nil, eos: Int? = 0,
         context: Int = 1000, pastContext: Bool = true, prompt: [Int] = [1, 2]
     ) -> Decoding {
         var o = GenerationOptions()
-        o.maxTokens = maxTokens; o.stop = stop; o.logprobs = logprobs; o.wantsLogprob = wantsLogprob
+        o.maxTokens = maxTokens; o.stop = stop; o.logprobs = logprobs
         o.sampler.temperature = 0
         return Decoding(prompt: prompt, options: o, tokenizer: tokenizer, eos: eos, context: context, canDecodePastContext: pastContext)
     }
@@ -115,10 +115,10 @@ struct DecodingTests {
         #expect(r.top.map(\.id) == Array(order.prefix(3)))
         for t in r.top { #expect(abs(Double(t.logprob) - (Double(l[t.id]) - lse)) < 1e-5) }
         // Its own logprob without alternatives (OpenAI's logprobs 0), and nothing unasked.
-        var own = Self.decoding(logprobs: 0, wantsLogprob: true)
+        var own = Self.decoding(logprobs: 0)
         let o = l.withUnsafeBufferPointer { own.next($0) }
         #expect(o.top.isEmpty && abs(Double(o.logprob!) - (Double(l[42]) - lse)) < 1e-5)
-        var none = Self.decoding(logprobs: 0)
+        var none = Self.decoding()
         let n = l.withUnsafeBufferPointer { none.next($0) }
         #expect(n.top.isEmpty && n.logprob == nil)
     }

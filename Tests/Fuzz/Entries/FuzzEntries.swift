@@ -110,7 +110,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             let g = try route % 4 == 0 ? ServeRequests.completion(body, limits: limits) : ServeRequests.chat(body, limits: limits)
             let o = g.options, s = o.sampler
             precondition(!g.prompt.isEmpty && o.maxTokens >= 0 && o.maxTokens <= limits.maxTokensLimit && o.stop.count <= 16, "accepted out of range")
-            precondition(o.logprobs >= 0 && o.logprobs <= 20, "accepted logprobs out of range")
+            precondition(o.logprobs.map { (0...20).contains($0) } ?? true, "accepted logprobs out of range")
             precondition(s.temperature >= 0 && s.temperature.isFinite && s.topK >= 0 && s.topP > 0 && s.topP <= 1, "accepted a sampler out of range")
             precondition(s.minP >= 0 && s.minP <= 1 && s.repeatPenalty > 0 && s.repeatPenalty.isFinite, "accepted a sampler out of range")
         case 2: _ = try ServeRequests.tokenize(body)
