@@ -101,26 +101,30 @@ def gemm_bound(context: int, threads: int, repetitions: int = 5) -> dict:
     return dict(tps=threads * (context - 1) / best, gflops=flops / best / 1e9, flop_per_token=flops / (context - 1))
 
 
-def kernels_used() -> str:
-    """What each side ran: msgen's own kernel level and OpenBLAS's core (its sgemm), and
-    PyTorch's CPU capability (its vector kernels) and GEMM backend."""
-    level = json.loads(run(["bench", "--context", "16", "--repetitions", "1", "--decode-tokens", "2", "--json"]).stdout)["cpu_kernels"]
-    blas = ctypes.CDLL("libopenblas.so.0")
-    blas.openblas_get_corename.restype = ctypes.c_char_p
+def kernels_used() -> tuple:
+    """What each side ran: msgen's own kernel level and who runs its matrix products
+    (OpenBLAS's sgemm and its core, or msgen's own where that core is narrower than the
+    CPU), and PyTorch's CPU capability (its vector kernels) and GEMM backend."""
+    j = json.loads(run(["bench", "--context", "16", "--repetitions", "1", "--decode-tokens", "2", "--json"]).stdout)
     gemm = "MKL" if torch.backends.mkl.is_available() else "its own"
-    return (f"msgen {level} + OpenBLAS {blas.openblas_get_corename().decode()}; "
-            f"PyTorch {torch.__version__} CPU capability {torch.backends.cpu.get_cpu_capability()}, GEMM {gemm}")
+    return (f"msgen {j['cpu_kernels']}, products by {j['matrix_products']}; "
+            f"PyTorch {torch.__version__} CPU capability {torch.backends.cpu.get_cpu_capability()}, GEMM {gemm}",
+            j["matrix_products"].startswith("OpenBLAS"))
 
 
 def print_scoring(a, scoring: dict):
     print(f"machine: {os.cpu_count()} cores, {a.threads} threads each for msgen and PyTorch; "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}")
-    print("kernels:", kernels_used())
+    kernels, blas_products = kernels_used()
+    print("kernels:", kernels)
     print(f"\nscoring (perplexity windows of 1024, tokens/s, best of {a.repetitions})")
     for name, s in scoring.items():
         print(f"  {name:9s} msgen {s['msgen_tps']:8.0f}   pytorch {s['torch_tps']:8.0f}   msgen/pytorch {s['msgen_tps'] / s['torch_tps']:.2f}x"
               f"   (ppl msgen {s['msgen_ppl']:.4f}, pytorch {s['torch_ppl']:.4f}, {s['tokens']} tokens)")
     print(f"  msgen cst / msgen baseline: {scoring['cst']['msgen_tps'] / scoring['baseline']['msgen_tps']:.2f}x")
+    if not blas_products:
+        print("  bound: not measured (it times OpenBLAS's sgemm, which msgen does not run on this CPU)")
+        return
     b, torch_tps = gemm_bound(1024, a.threads), scoring["cst"]["torch_tps"]
     print(f"  bound: its Linear products alone ({b['flop_per_token'] / 1e6:.2f} MFLOP/token) run at {b['gflops']:.1f} GFLOP/s"
           f" per thread in OpenBLAS: at most {b['tps']:.0f} tokens/s = {b['tps'] / torch_tps:.2f}x pytorch"

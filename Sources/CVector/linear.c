@@ -18,6 +18,7 @@
 #pragma clang diagnostic ignored "-Wpsabi"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -73,6 +74,7 @@ INLINE float half1(const void *p) {
 #define half_scale(p) half1(p)
 #include "linear_float.h"
 #include "attention.h"
+#include "gemm.h"
 #undef VF
 #undef VW
 #undef vzero
@@ -137,6 +139,7 @@ INLINE float hsum8(__m256 v) {
 }
 #include "linear_float.h"
 #include "attention.h"
+#include "gemm.h"
 
 /* The sign trick (as in ggml's Q8_0 kernels): vpmaddubsw multiplies unsigned by signed
    bytes, so multiply |w| by x carrying w's sign. |w| ≤ 128 and |x| ≤ 127 (the quantiser's
@@ -397,6 +400,7 @@ INLINE void hsum8x16(const __m512 *a, float *out) {
 #define wbf16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
 #include "linear_float.h"
 #include "attention.h"
+#include "gemm.h"
 #undef NAME
 #pragma clang attribute pop
 #undef half_scale
@@ -510,6 +514,21 @@ static void attend_rows(int level, const float *q, const float *keys, long ks, c
     if (level >= MSGEN_LEVEL_AVX2) { attend_rows_avx2(q, keys, ks, values, vs, ring, first, key_add, kas, j0, j1, H, dh, scale, scores, out, m, l); return; }
 #endif
     attend_rows_base(q, keys, ks, values, vs, ring, first, key_add, kas, j0, j1, H, dh, scale, scores, out, m, l);
+}
+
+void msgen_gemm(int level, long m, long n, long k, float alpha, const float *a, long lda, const float *b, long ldb,
+                int transposed_b, float beta, float *c, long ldc) {
+    if (m <= 0 || n <= 0) return;
+    level = usable(level);
+    float *panel = malloc((size_t)(k > 0 ? k : 1) * 32 * sizeof(float)); /* k × 2·VW, VW ≤ 16 */
+    if (!panel) abort();
+#if defined(__x86_64__)
+    if (level >= MSGEN_LEVEL_AVX512) gemm_avx512(m, n, k, alpha, a, lda, b, ldb, transposed_b, beta, c, ldc, panel);
+    else if (level >= MSGEN_LEVEL_AVX2) gemm_avx2(m, n, k, alpha, a, lda, b, ldb, transposed_b, beta, c, ldc, panel);
+    else
+#endif
+        gemm_base(m, n, k, alpha, a, lda, b, ldb, transposed_b, beta, c, ldc, panel);
+    free(panel);
 }
 
 void msgen_attend_part(int level, const float *q, const float *keys, long key_stride, const float *values,

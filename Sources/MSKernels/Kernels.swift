@@ -13,13 +13,22 @@ import Synchronization
 /// their stored type (f16, bf16, q8) in Linear.swift; matrices are row-major.
 public enum Kernels {
     /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n]): a PyTorch Linear on m rows at once.
-    /// Rows of x and y may be strided (`xStride`, `yStride` ≥ k, n).
+    /// Rows of x and y may be strided (`xStride`, `yStride` ≥ k, n). OpenBLAS's sgemm, or
+    /// msgen's matrix–vector kernel over all m rows where OpenBLAS's kernels are narrower
+    /// than the CPU's (`blasFits`): W a block at a time in L2 against every row of x, as
+    /// fast as a native sgemm on these shapes.
     public static func linear(
         _ x: UnsafePointer<Float>, rows m: Int, in k: Int, xStride: Int? = nil,
         weight w: UnsafePointer<Float>, out n: Int, bias: UnsafePointer<Float>?,
         into y: UnsafeMutablePointer<Float>, yStride: Int? = nil, accumulate: Bool = false
     ) {
         let lx = xStride ?? k, ly = yStride ?? n
+        guard blasFits(level) else {
+            matvec(
+                x, rows: m, xStride: lx, weight: WeightMatrix(type: .f32, data: w, rows: n, cols: k), bias: bias, into: y, yStride: ly,
+                accumulate: accumulate)
+            return
+        }
         var beta: Float = accumulate ? 1 : 0
         if let bias {
             for r in 0..<m { add(bias, into: y + r * ly, count: n, overwrite: !accumulate) }
@@ -28,25 +37,67 @@ public enum Kernels {
         gemm(m: m, n: n, k: k, alpha: 1, a: x, lda: lx, b: w, ldb: k, transposedB: true, beta: beta, c: y, ldc: ly)
     }
 
+    /// Which matrix–matrix products run: OpenBLAS's, msgen's own (msgen_gemm), or
+    /// (automatic) OpenBLAS's where its kernels are as wide as the CPU's (`blasFits`).
+    public enum Products: Sendable { case automatic, blas, msgen }
+
+    /// OpenBLAS's kernel set, by its own name ("SkylakeX", "Cooperlake", "Haswell",
+    /// "Prescott", …): what it detected, or what OPENBLAS_CORETYPE asked for.
+    public static let blasCore = String(cString: openblas_get_corename())
+
+    /// Whether OpenBLAS's kernels are as wide as the vectors of `level`. Debian 12's
+    /// OpenBLAS (0.3.21) falls back to its SSE3 "Prescott" kernels on CPUs newer than it
+    /// knows (an Emerald Rapids Xeon: scoring 4× slower than with its Cooperlake ones);
+    /// there msgen runs its own products instead.
+    public static func blasFits(_ level: Level) -> Bool {
+        switch level {
+        case .baseline: return true
+        case .avx2: return blasBits >= 256
+        case .avx512, .avx512vnni: return blasBits >= 512
+        }
+    }
+
+    /// Who runs the matrix–matrix products at the calling thread's level, for reports.
+    public static var productsDescription: String {
+        blasFits(level) ? "OpenBLAS \(blasCore)" : "msgen's own (OpenBLAS \(blasCore) is narrower)"
+    }
+
+    /// The vector width OpenBLAS's kernel set computes in (the x86-64 core names of its
+    /// DYNAMIC_ARCH builds; any other: 128).
+    private static let blasBits: Int = {
+        switch blasCore.lowercased() {
+        case "skylakex", "cooperlake", "sapphirerapids": return 512
+        case "haswell", "zen", "excavator": return 256
+        default: return 128
+        }
+    }()
+
     /// c[m, n] = alpha·a[m, k]·b + beta·c, row-major, with b given as [n, k] rows
-    /// (`transposedB`) or as [k, n]: OpenBLAS's sgemm, the columns of c split over the
+    /// (`transposedB`) or as [k, n]: OpenBLAS's sgemm (or msgen's own product, see
+    /// `Products`; beta 0 never reads c), the columns of c split over the
     /// threads, each part one single-threaded OpenBLAS call. So msgen has one set of
     /// worker threads: OpenBLAS's own, which yield-spin after every call, fought msgen's
     /// for the cores (on 2 cores a fifth of a server step went to the kernel's scheduler),
     /// and they stay at 1 (see `threads`).
     public static func gemm(
         m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        transposedB: Bool, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+        transposedB: Bool, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, products: Products = .automatic
     ) {
+        let level = level
+        let blas = products == .blas || (products == .automatic && blasFits(level))
         // Parts of at least 16 columns and ~256 K multiply-adds: less is not worth a thread.
         let parts = max(1, min(threads, n / 16, (m * n * k) >> 18))
         let step = ((n + parts - 1) / parts + 15) / 16 * 16
         parallelFor((n + step - 1) / step) { range in
             for p in range {
-                let j0 = p * step, j1 = min(n, j0 + step)
-                cblas_sgemm(
-                    CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(j1 - j0), Int32(k),
-                    alpha, a, Int32(lda), transposedB ? b + j0 * ldb : b + j0, Int32(ldb), beta, c + j0, Int32(ldc))
+                let j0 = p * step, j1 = min(n, j0 + step), bj = transposedB ? b + j0 * ldb : b + j0
+                if blas {
+                    cblas_sgemm(
+                        CblasRowMajor, CblasNoTrans, transposedB ? CblasTrans : CblasNoTrans, Int32(m), Int32(j1 - j0),
+                        Int32(k), alpha, a, Int32(lda), bj, Int32(ldb), beta, c + j0, Int32(ldc))
+                } else {
+                    msgen_gemm(Int32(level.rawValue), m, j1 - j0, k, alpha, a, lda, bj, ldb, transposedB ? 1 : 0, beta, c + j0, ldc)
+                }
             }
         }
     }

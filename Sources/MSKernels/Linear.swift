@@ -67,8 +67,9 @@ public struct WeightMatrix: @unchecked Sendable {
 extension Kernels {
     /// y[rows, out] (= or +=) x[rows, in]·Wᵀ + bias, with W in its stored type: a PyTorch
     /// Linear on `rows` rows at once. Up to `matvecRows` rows read each weight row once
-    /// for all of them (decode, batched decode); more rows go to OpenBLAS's sgemm
-    /// (prefill, scoring): f32 weights as they are, the others widened a tile at a time.
+    /// for all of them (decode, batched decode); more rows go to the matrix–matrix
+    /// `linear` (prefill, scoring: OpenBLAS's sgemm where it fits the CPU): f32 weights
+    /// as they are, the others widened a tile at a time.
     /// Rows of x and y may be strided (`xStride` ≥ in, `yStride` ≥ out).
     public static func linear(
         _ x: UnsafePointer<Float>, rows m: Int, xStride: Int? = nil, weight w: WeightMatrix, bias: UnsafePointer<Float>?,
@@ -125,7 +126,7 @@ extension Kernels {
     /// per-call packing of x is a few % of the product, small next to any model).
     static let tileFloats = 1 << 20
 
-    /// A tile of W's rows widened to f32 (split over the threads), then OpenBLAS's sgemm
+    /// A tile of W's rows widened to f32 (split over the threads), then the f32 `linear`
     /// on the tile, tile after tile: the matrix–matrix product at about f32 speed with
     /// only a tile of f32 weights in memory. (`tileRows`: for tests, to cross tiles.)
     static func tiled(
@@ -133,11 +134,6 @@ extension Kernels {
         into y: UnsafeMutablePointer<Float>, yStride ly: Int, accumulate: Bool, tileRows: Int? = nil
     ) {
         let level = Int32(Kernels.level.rawValue), k = w.cols, n = w.rows, rb = w.rowBytes
-        var beta: Float = accumulate ? 1 : 0
-        if let bias {
-            for r in 0..<m { add(bias, into: y + r * ly, count: n, overwrite: !accumulate) }
-            beta = 1
-        }
         let tile = min(n, tileRows ?? max(64, tileFloats / max(k, 1)))
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: tile * k)
         defer { scratch.deallocate() }
@@ -147,8 +143,9 @@ extension Kernels {
             parallelFor(t, minimum: max(1, (1 << 15) / max(k, 1))) { r in
                 msgen_widen(level, w.type.code, part.data + r.lowerBound * rb, rb, k, r.count, scratch + r.lowerBound * k)
             }
-            gemm(
-                m: m, n: t, k: k, alpha: 1, a: x, lda: lx, b: scratch, ldb: k, transposedB: true, beta: beta, c: y + j, ldc: ly)
+            linear(
+                x, rows: m, in: k, xStride: lx, weight: scratch, out: t, bias: bias.map { $0 + j }, into: y + j, yStride: ly,
+                accumulate: accumulate)
             j += t
         }
     }

@@ -129,7 +129,7 @@ struct BenchCommand: ParsableCommand {
                 "context": .number(Double(model.config.context)), "threads": .number(Double(Kernels.threads)),
                 "load_seconds": .number(loadSeconds), "weight_dtype": .string(weights.dtype),
                 "weight_bytes": .number(Double(weights.residentBytes)), "weight_bytes_per_token": .number(Double(weights.bytesPerToken)),
-                "cpu_kernels": .string("\(Kernels.level)"),
+                "cpu_kernels": .string("\(Kernels.level)"), "matrix_products": .string(Kernels.productsDescription),
                 "peak_rss_bytes": .number(Double(rss)),
                 "prefill": .array(
                     prefills.map { p in
@@ -167,9 +167,10 @@ struct BenchCommand: ParsableCommand {
             var lines = [
                 "model \(path): \(model.config.architecture), context \(model.config.context), \(Kernels.threads) threads",
                 String(
-                    format: "load %.3f s; weights %@ in memory (%@ matrices, f32 vectors), %@ read per token; %@ kernels; peak RSS %@",
+                    format:
+                        "load %.3f s; weights %@ in memory (%@ matrices, f32 vectors), %@ read per token; %@ kernels, products by %@; peak RSS %@",
                     loadSeconds, humanBytes(weights.residentBytes), weights.dtype, humanBytes(weights.bytesPerToken),
-                    "\(Kernels.level)", humanBytes(rss)),
+                    "\(Kernels.level)", Kernels.productsDescription, humanBytes(rss)),
                 "  prefill tokens   tokens/s (median, min-max)",
             ]
             for p in prefills {

@@ -140,26 +140,39 @@ struct KernelsTests {
     /// gemm splits c's columns over the threads (here 1,001 columns: parts of 16·j and a
     /// ragged last one), with b as [n, k] rows or as [k, n], with alpha and beta, and
     /// strided a and c: every entry equals the sum in Double.
-    @Test(arguments: [true, false]) func gemmMatchesLoops(transposedB: Bool) {
-        let (m, n, k, lda, ldc) = (33, 1001, 70, 75, 1003)
-        let a = (0..<(m * lda)).map { Float(($0 * 7) % 13) / 6 - 1 }
-        let b = (0..<(n * k)).map { Float(($0 * 5) % 11) / 5 - 1 }
-        let c0 = (0..<(m * ldc)).map { Float($0 % 3) }
-        var c = c0
-        Kernels.gemm(
-            m: m, n: n, k: k, alpha: 0.5, a: a, lda: lda, b: b, ldb: transposedB ? k : n, transposedB: transposedB, beta: 2,
-            c: &c, ldc: ldc)
-        var worst = 0.0
-        for r in 0..<m {
-            for j in 0..<n {
-                var s = 0.0
-                for i in 0..<k { s += Double(a[r * lda + i]) * Double(transposedB ? b[j * k + i] : b[i * n + j]) }
-                worst = max(worst, abs(Double(c[r * ldc + j]) - (0.5 * s + 2 * Double(c0[r * ldc + j]))))
+    /// OpenBLAS's product and msgen's own (msgen_gemm, in every compiled copy) against
+    /// Double loops: both layouts of b, strided rows, alpha and beta, shapes off the
+    /// kernel's 6-row and 2-vector tiles (and k 1); beta 0 never reads c (NaN there stays
+    /// out of the result).
+    @Test(arguments: [true, false], [Kernels.Products.blas, .msgen])
+    func gemmMatchesLoops(transposedB: Bool, products: Kernels.Products) {
+        defer { Kernels.level = .cpu }
+        let levels = products == .blas ? [Kernels.Level.cpu] : Kernels.Level.allCases.filter { $0 <= .cpu }
+        for level in levels {
+            Kernels.level = level
+            for (m, n, k, beta) in [(33, 1001, 70, Float(2)), (7, 32, 32, 0), (5, 17, 1, 1), (13, 100, 300, 0)] {
+                let (lda, ldc) = (k + 5, n + 2)
+                let a = (0..<(m * lda)).map { Float(($0 * 7) % 13) / 6 - 1 }
+                let b = (0..<(n * k)).map { Float(($0 * 5) % 11) / 5 - 1 }
+                let c0 = (0..<(m * ldc)).map { beta == 0 && $0 % ldc < n ? Float.nan : Float($0 % 3) }
+                var c = c0
+                Kernels.gemm(
+                    m: m, n: n, k: k, alpha: 0.5, a: a, lda: lda, b: b, ldb: transposedB ? k : n, transposedB: transposedB,
+                    beta: beta, c: &c, ldc: ldc, products: products)
+                var worst = 0.0
+                for r in 0..<m {
+                    for j in 0..<n {
+                        var s = 0.0
+                        for i in 0..<k { s += Double(a[r * lda + i]) * Double(transposedB ? b[j * k + i] : b[i * n + j]) }
+                        let before = beta == 0 ? 0 : Double(beta) * Double(c0[r * ldc + j])
+                        worst = max(worst, abs(Double(c[r * ldc + j]) - (0.5 * s + before)))
+                    }
+                    // The padding between rows of c is left alone.
+                    #expect(c[(r * ldc + n)..<(r * ldc + ldc)] == c0[(r * ldc + n)..<(r * ldc + ldc)])
+                }
+                #expect(worst < 1e-4, "\(level) m \(m) n \(n) k \(k)")
             }
-            // The padding between rows of c is left alone.
-            #expect(c[(r * ldc + n)..<(r * ldc + ldc)] == c0[(r * ldc + n)..<(r * ldc + ldc)])
         }
-        #expect(worst < 1e-4)
     }
 
     @Test func attendIsSoftmaxWeightedValues() {

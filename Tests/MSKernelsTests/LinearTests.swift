@@ -189,7 +189,22 @@ struct LinearTests {
         }
     }
 
-    /// Many rows through widened tiles + sgemm, with tiles small enough that several are
+    /// More rows than a batched step's (the whole of a prefill or a scoring window runs
+    /// through the matrix–vector kernel where OpenBLAS's kernels are narrower than the
+    /// CPU's): W read a block at a time against eight rows of x after another.
+    @Test(arguments: WeightType.allCases) func matvecTakesAnyRowCount(type: WeightType) {
+        var rng = Random(seed: 41 + UInt64(type.code))
+        for level in Self.levels {
+            for (m, n, k) in [(65, 19, 64), (130, 300, 96), (200, 7, 288)] {
+                let kk = type == .q8 ? k : k + 3
+                check(
+                    type, rows: m, out: n, in: kk, bias: m % 2 == 0, accumulate: m % 5 == 0, path: .matvec, level: level,
+                    rng: &rng, label: "\(type) \(level) m \(m) n \(n) k \(kk)")
+            }
+        }
+    }
+
+    /// Many rows through widened tiles + the f32 product, with tiles small enough that several are
     /// needed and the last one is partial.
     @Test(arguments: WeightType.allCases) func tiledMatchesReference(type: WeightType) {
         var rng = Random(seed: 99 + UInt64(type.code))

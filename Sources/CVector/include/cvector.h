@@ -49,6 +49,11 @@ enum { MSGEN_WEIGHT_F32 = 0, MSGEN_WEIGHT_F16 = 1, MSGEN_WEIGHT_BF16 = 2, MSGEN_
    W is read from memory once for all nx rows of x. f32, f16 and bf16 only. */
 void msgen_matvec(int level, int type, const void *w, long row_bytes, long k, long j0, long j1,
                   const float *x, long ldx, long nx, const float *bias, float *y, long ldy, int accumulate);
+/* c[m, n] = alpha·a[m, k]·b + beta·c (row-major; b as [k, n], or as n rows of k when
+   transposed_b; beta 0 never reads c): msgen's own matrix product, for where OpenBLAS
+   has no kernels for the CPU's vector width (Kernels.gemm decides). */
+void msgen_gemm(int level, long m, long n, long k, float alpha, const float *a, long lda, const float *b, long ldb,
+                int transposed_b, float beta, float *c, long ldc);
 /* x's nx rows of k (k % 32 == 0) values as q8 blocks: q[r·k + i], and per block a float
    scale d[r·k/32 + b] = max |x| of the block / 127, q = round(x/d). */
 void msgen_quantize_q8(const float *x, long ldx, long nx, long k, signed char *q, float *d);
