@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import re
+import selectors
 import signal
 import socket
 import subprocess
@@ -113,62 +114,112 @@ class Server:
             self.proc.kill()
 
 
-def one_stream(port, body, timeout, out):
-    """One streaming completion; appends (start, [arrival times of text chunks], tokens, ok, end)."""
-    t0 = time.perf_counter()
-    arrivals, ntok, ok = [], None, False
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
-        r = conn.getresponse()
-        if r.status == 200:
-            buf = b""
+class Stream:
+    """One streaming completion, read by `run_level`'s single thread: its HTTP response
+    parsed as bytes arrive (status line, headers, chunked or plain body, then the SSE
+    events), each text event's arrival time kept."""
+
+    def __init__(self, port, body):
+        data = json.dumps(body).encode()
+        self.request = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                        "Connection: close\r\n\r\n").encode() + data
+        self.raw, self.body = b"", b""
+        self.status, self.chunked = None, False
+        self.arrivals, self.ntok, self.ok = [], None, False
+        self.t0 = self.end = None
+
+    def feed(self, data, now):
+        self.raw += data
+        if self.status is None:
+            head, sep, rest = self.raw.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            self.status = int(lines[0].split()[1])
+            self.chunked = any(l.lower().replace(" ", "") == "transfer-encoding:chunked" for l in lines[1:])
+            self.raw = rest
+        if self.chunked:
             while True:
-                chunk = r.read1(65536)
-                if not chunk:
+                size_line, sep, rest = self.raw.partition(b"\r\n")
+                if not sep:
                     break
-                buf += chunk.replace(b"\r\n", b"\n")
-                while b"\n\n" in buf:
-                    event, buf = buf.split(b"\n\n", 1)
-                    if not event.startswith(b"data: "):
-                        continue
-                    data = event[6:]
-                    if data == b"[DONE]":
-                        ok = True
-                        continue
-                    now = time.perf_counter()
-                    o = json.loads(data)
-                    if o["choices"] and o["choices"][0].get("text"):
-                        arrivals.append(now)
-                    if o.get("usage"):
-                        ntok = o["usage"]["completion_tokens"]
-        conn.close()
-    except (OSError, http.client.HTTPException, ValueError):
-        pass
-    # llama-cpp-python's stream carries no usage: one chunk per token there.
-    out.append((t0, arrivals, len(arrivals) if ntok is None else ntok, ok, time.perf_counter()))
+                size = int(size_line.split(b";")[0], 16)
+                if len(rest) < size + 2:
+                    break
+                self.body += rest[:size]
+                self.raw = rest[size + 2:]
+        else:
+            self.body, self.raw = self.body + self.raw, b""
+        self.body = self.body.replace(b"\r\n", b"\n")
+        while b"\n\n" in self.body:
+            event, self.body = self.body.split(b"\n\n", 1)
+            if self.status != 200 or not event.startswith(b"data: "):
+                continue
+            payload = event[6:]
+            if payload == b"[DONE]":
+                self.ok = True
+                continue
+            o = json.loads(payload)
+            if o["choices"] and o["choices"][0].get("text"):
+                self.arrivals.append(now)
+            if o.get("usage"):
+                self.ntok = o["usage"]["completion_tokens"]
+
+    @property
+    def tokens(self):
+        # llama-cpp-python's stream carries no usage: one chunk per token there.
+        return len(self.arrivals) if self.ntok is None else self.ntok
 
 
 def run_level(server, bodies, timeout):
-    results, threads = [], []
+    """Every stream of the level from this one thread, over non-blocking sockets and one
+    selector. (A thread per stream, as before, had 64 Python threads handing the GIL to
+    each other on every chunk: ~850 context switches a second preempting the server's
+    scheduler thread on a 2-core machine, 13 % of its time.)"""
+    sel = selectors.DefaultSelector()
+    streams = []
     peak = rss_bytes(server.pid)
     start = time.perf_counter()
     for body in bodies:
-        t = threading.Thread(target=one_stream, args=(server.port, body, timeout, results), daemon=True)
-        t.start()
-        threads.append(t)
-    while any(t.is_alive() for t in threads):
-        peak = max(peak, rss_bytes(server.pid))
-        time.sleep(0.05)
-    # From the first request to the last response's end, as the streams saw it (not this
-    # loop's 50 ms polling, which made a 70 ms single stream count as 100 or 150 ms).
-    wall = max((r[4] for r in results), default=start) - start
-    ttft = [a[0] - t0 for t0, a, _, _, _ in results if a]
-    gaps = [b - a for _, arr, _, _, _ in results for a, b in zip(arr, arr[1:])]
-    total = sum(r[2] for r in results)
+        st = Stream(server.port, body)
+        st.t0 = time.perf_counter()
+        try:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+            sock.sendall(st.request)
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ, st)
+        except OSError:
+            st.end = time.perf_counter()
+        streams.append(st)
+    deadline, last_poll = start + timeout, 0.0
+    while sel.get_map() and time.perf_counter() < deadline:
+        for key, _ in sel.select(timeout=0.05):
+            st, now = key.data, time.perf_counter()
+            try:
+                data = key.fileobj.recv(1 << 16)
+                if data:
+                    st.feed(data, now)
+            except (OSError, ValueError):
+                data = b""
+            if not data:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
+                st.end = now
+        if time.perf_counter() - last_poll >= 0.05:
+            peak, last_poll = max(peak, rss_bytes(server.pid)), time.perf_counter()
+    for key in list(sel.get_map().values()):  # past the deadline: what is left failed
+        sel.unregister(key.fileobj)
+        key.fileobj.close()
+        key.data.end, key.data.ok = time.perf_counter(), False
+    # From the first request to the last response's end, as the streams saw it.
+    wall = max((st.end for st in streams), default=start) - start
+    ttft = [st.arrivals[0] - st.t0 for st in streams if st.arrivals]
+    gaps = [b - a for st in streams for a, b in zip(st.arrivals, st.arrivals[1:])]
+    total = sum(st.tokens for st in streams)
     n = len(bodies)
     return {
-        "server": server.kind, "concurrency": n, "ok": sum(r[3] for r in results), "tokens": total, "seconds": wall,
+        "server": server.kind, "concurrency": n, "ok": sum(st.ok for st in streams), "tokens": total, "seconds": wall,
         "tokens_per_second": total / wall if wall > 0 else 0.0,
         "ttft_p50_ms": 1e3 * percentile(ttft, 50), "ttft_p99_ms": 1e3 * percentile(ttft, 99),
         "itl_p50_ms": 1e3 * percentile(gaps, 50), "itl_p99_ms": 1e3 * percentile(gaps, 99),

@@ -102,9 +102,11 @@ INLINE void NAME(mv_row)(int type, const char *w, long rb, long k, long j, const
 
 /* Rows [j0, j1) of W times nx ≤ 8 rows of x: RW weight rows at a time, chosen so that the
    RW·NX accumulators, RW weight vectors and one x vector fit the 16 registers of AVX2
-   (one row of x: mv_row, one weight row at a time). */
+   (one row of x: mv_row, one weight row at a time). The pf_bytes at pf (weights a later
+   pass will read) are prefetched into L2 spread over the groups of rows, a few lines
+   before each. */
 INLINE void NAME(mv)(int type, const char *w, long rb, long k, long j0, long j1, const float *x, long ldx, long nx,
-                     const float *bias, float *y, long ldy, int accumulate) {
+                     const float *bias, float *y, long ldy, int accumulate, const char *pf, long pf_bytes) {
 #if VW == 16
 /* AVX-512's 32 registers hold 3·8 accumulators, 3 weight vectors and an x vector: each x
    vector loaded once for three weight rows (batched decode's 5–8 rows of x at a time). */
@@ -114,8 +116,11 @@ INLINE void NAME(mv)(int type, const char *w, long rb, long k, long j0, long j1,
 #endif
 #define MV(NX, RW)                                                                                       \
     {                                                                                                    \
-        long j = j0;                                                                                     \
-        for (; j + RW <= j1; j += RW) NAME(mv_block)(type, w, rb, k, j, x, ldx, NX, RW, bias, y, ldy, accumulate); \
+        long j = j0, per = ((pf_bytes * RW / (j1 - j0 + 1) + 1) + 63) & ~63L, off = 0;                   \
+        for (; j + RW <= j1; j += RW) {                                                                  \
+            for (long e = off + per; off < e && off < pf_bytes; off += 64) __builtin_prefetch(pf + off, 0, 2); \
+            NAME(mv_block)(type, w, rb, k, j, x, ldx, NX, RW, bias, y, ldy, accumulate);                 \
+        }                                                                                                \
         for (; j < j1; j++) NAME(mv_block)(type, w, rb, k, j, x, ldx, NX, 1, bias, y, ldy, accumulate);  \
     }                                                                                                    \
     break;
@@ -136,11 +141,11 @@ INLINE void NAME(mv)(int type, const char *w, long rb, long k, long j0, long j1,
 }
 
 static void NAME(matvec)(int type, const char *w, long rb, long k, long j0, long j1, const float *x, long ldx, long nx,
-                         const float *bias, float *y, long ldy, int accumulate) {
+                         const float *bias, float *y, long ldy, int accumulate, const char *pf, long pf_bytes) {
     switch (type) {
-    case MSGEN_WEIGHT_F32: NAME(mv)(MSGEN_WEIGHT_F32, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate); break;
-    case MSGEN_WEIGHT_F16: NAME(mv)(MSGEN_WEIGHT_F16, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate); break;
-    case MSGEN_WEIGHT_BF16: NAME(mv)(MSGEN_WEIGHT_BF16, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate); break;
+    case MSGEN_WEIGHT_F32: NAME(mv)(MSGEN_WEIGHT_F32, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate, pf, pf_bytes); break;
+    case MSGEN_WEIGHT_F16: NAME(mv)(MSGEN_WEIGHT_F16, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate, pf, pf_bytes); break;
+    case MSGEN_WEIGHT_BF16: NAME(mv)(MSGEN_WEIGHT_BF16, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate, pf, pf_bytes); break;
     }
 }
 
