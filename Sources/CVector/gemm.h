@@ -8,11 +8,14 @@
    Linear layers use msgen_matvec, which is as fast as sgemm for them).
 
    c[m, n] = alpha·a[m, k]·b + beta·c, row-major, b given as [k, n] or, transposed, as
-   n rows of k. b is copied a panel of 2·VW columns at a time (zero-padded past n, so
-   the kernel has no column tail), then every GEMM_R rows of a run against the panel:
-   2·GEMM_R accumulators; per step along k, two panel loads and GEMM_R broadcasts of a. */
+   n rows of k. b is copied a panel of 2·VW columns × up to GEMM_K rows at a time
+   (zero-padded past n, so the kernel has no column tail; at most 32 KB, on the stack,
+   in L1), then every GEMM_R rows of a run against the panel: 2·GEMM_R accumulators; per
+   step along k, two panel loads and GEMM_R broadcasts of a. Past the first GEMM_K rows
+   of b, each panel adds to c (beta 1). */
 
 #define GEMM_R 6
+#define GEMM_K 256
 
 /* R ≤ GEMM_R rows of a against one panel; `cols` ≤ 2·VW of its columns are real. R is a
    constant at every call, so the loops unroll into registers. */
@@ -49,19 +52,24 @@ INLINE void NAME(gemm_tile)(const float *a, long lda, const float *panel, long k
 }
 
 static void NAME(gemm)(long m, long n, long k, float alpha, const float *a, long lda, const float *b, long ldb,
-                       int transposed_b, float beta, float *c, long ldc, float *panel) {
+                       int transposed_b, float beta, float *c, long ldc) {
+    float panel[GEMM_K * 2 * VW];
     for (long j0 = 0; j0 < n; j0 += 2 * VW) {
         long cols = n - j0 < 2 * VW ? n - j0 : 2 * VW;
-        if (transposed_b) {
-            for (long j = 0; j < 2 * VW; j++)
-                for (long p = 0; p < k; p++) panel[p * 2 * VW + j] = j < cols ? b[(j0 + j) * ldb + p] : 0;
-        } else {
-            for (long p = 0; p < k; p++)
-                for (long j = 0; j < 2 * VW; j++) panel[p * 2 * VW + j] = j < cols ? b[p * ldb + j0 + j] : 0;
+        for (long p0 = 0; p0 < k; p0 += GEMM_K) {
+            long kc = k - p0 < GEMM_K ? k - p0 : GEMM_K;
+            float panel_beta = p0 == 0 ? beta : 1;
+            if (transposed_b) {
+                for (long j = 0; j < 2 * VW; j++)
+                    for (long p = 0; p < kc; p++) panel[p * 2 * VW + j] = j < cols ? b[(j0 + j) * ldb + p0 + p] : 0;
+            } else {
+                for (long p = 0; p < kc; p++)
+                    for (long j = 0; j < 2 * VW; j++) panel[p * 2 * VW + j] = j < cols ? b[(p0 + p) * ldb + j0 + j] : 0;
+            }
+            long i = 0;
+            for (; i + GEMM_R <= m; i += GEMM_R)
+                NAME(gemm_tile)(a + i * lda + p0, lda, panel, kc, GEMM_R, alpha, panel_beta, c + i * ldc + j0, ldc, cols);
+            for (; i < m; i++) NAME(gemm_tile)(a + i * lda + p0, lda, panel, kc, 1, alpha, panel_beta, c + i * ldc + j0, ldc, cols);
         }
-        long i = 0;
-        for (; i + GEMM_R <= m; i += GEMM_R)
-            NAME(gemm_tile)(a + i * lda, lda, panel, k, GEMM_R, alpha, beta, c + i * ldc + j0, ldc, cols);
-        for (; i < m; i++) NAME(gemm_tile)(a + i * lda, lda, panel, k, 1, alpha, beta, c + i * ldc + j0, ldc, cols);
     }
 }

@@ -18,7 +18,6 @@
 #pragma clang diagnostic ignored "-Wpsabi"
 
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -435,7 +434,7 @@ void msgen_matvec(int level, int type, const void *w, long row_bytes, long k, lo
            pass over each block waited on memory (W read at ~7 GB/s) and the other passes
            ran with memory idle. */
         const char *next = (const char *)w + je * row_bytes;
-        long next_bytes = passes > 1 ? ((j1 - je < block ? j1 : je + block) - je) * row_bytes : 0;
+        long next_bytes = passes > 1 ? (j1 - je < block ? j1 - je : block) * row_bytes : 0;
         for (long r = 0, p = 0; r < nx; r += 8, p++) {  /* eight rows of x at a time: the kernels' unrolling */
             long n = nx - r < 8 ? nx - r : 8;
             const float *xr = x + r * ldx;
@@ -532,15 +531,11 @@ void msgen_gemm(int level, long m, long n, long k, float alpha, const float *a, 
                 int transposed_b, float beta, float *c, long ldc) {
     if (m <= 0 || n <= 0) return;
     level = usable(level);
-    float *panel = malloc((size_t)(k > 0 ? k : 1) * 32 * sizeof(float)); /* k × 2·VW, VW ≤ 16 */
-    if (!panel) abort();
 #if defined(__x86_64__)
-    if (level >= MSGEN_LEVEL_AVX512) gemm_avx512(m, n, k, alpha, a, lda, b, ldb, transposed_b, beta, c, ldc, panel);
-    else if (level >= MSGEN_LEVEL_AVX2) gemm_avx2(m, n, k, alpha, a, lda, b, ldb, transposed_b, beta, c, ldc, panel);
-    else
+    if (level >= MSGEN_LEVEL_AVX512) { gemm_avx512(m, n, k, alpha, a, lda, b, ldb, transposed_b, beta, c, ldc); return; }
+    if (level >= MSGEN_LEVEL_AVX2) { gemm_avx2(m, n, k, alpha, a, lda, b, ldb, transposed_b, beta, c, ldc); return; }
 #endif
-        gemm_base(m, n, k, alpha, a, lda, b, ldb, transposed_b, beta, c, ldc, panel);
-    free(panel);
+    gemm_base(m, n, k, alpha, a, lda, b, ldb, transposed_b, beta, c, ldc);
 }
 
 void msgen_attend_part(int level, const float *q, const float *keys, long key_stride, const float *values,

@@ -116,7 +116,8 @@ INLINE void NAME(mv)(int type, const char *w, long rb, long k, long j0, long j1,
 #endif
 #define MV(NX, RW)                                                                                       \
     {                                                                                                    \
-        long j = j0, per = ((pf_bytes * RW / (j1 - j0 + 1) + 1) + 63) & ~63L, off = 0;                   \
+        long j = j0, calls = (j1 - j0) / RW, off = 0;                                                    \
+        long per = calls > 0 ? (pf_bytes / calls + 63) & ~63L : 0; /* bytes before each group */         \
         for (; j + RW <= j1; j += RW) {                                                                  \
             for (long e = off + per; off < e && off < pf_bytes; off += 64) __builtin_prefetch(pf + off, 0, 2); \
             NAME(mv_block)(type, w, rb, k, j, x, ldx, NX, RW, bias, y, ldy, accumulate);                 \

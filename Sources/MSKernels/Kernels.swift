@@ -13,22 +13,14 @@ import Synchronization
 /// their stored type (f16, bf16, q8) in Linear.swift; matrices are row-major.
 public enum Kernels {
     /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n]): a PyTorch Linear on m rows at once.
-    /// Rows of x and y may be strided (`xStride`, `yStride` ≥ k, n). OpenBLAS's sgemm, or
-    /// msgen's matrix–vector kernel over all m rows where OpenBLAS's kernels are narrower
-    /// than the CPU's (`blasFits`): W a block at a time in L2 against every row of x, as
-    /// fast as a native sgemm on these shapes.
+    /// Rows of x and y may be strided (`xStride`, `yStride` ≥ k, n). OpenBLAS's sgemm
+    /// (the model's layers come through the `WeightMatrix` one, which picks the kernel).
     public static func linear(
         _ x: UnsafePointer<Float>, rows m: Int, in k: Int, xStride: Int? = nil,
         weight w: UnsafePointer<Float>, out n: Int, bias: UnsafePointer<Float>?,
         into y: UnsafeMutablePointer<Float>, yStride: Int? = nil, accumulate: Bool = false
     ) {
         let lx = xStride ?? k, ly = yStride ?? n
-        guard blasFits(level) else {
-            matvec(
-                x, rows: m, xStride: lx, weight: WeightMatrix(type: .f32, data: w, rows: n, cols: k), bias: bias, into: y, yStride: ly,
-                accumulate: accumulate)
-            return
-        }
         var beta: Float = accumulate ? 1 : 0
         if let bias {
             for r in 0..<m { add(bias, into: y + r * ly, count: n, overwrite: !accumulate) }

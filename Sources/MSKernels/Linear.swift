@@ -67,9 +67,12 @@ public struct WeightMatrix: @unchecked Sendable {
 extension Kernels {
     /// y[rows, out] (= or +=) x[rows, in]·Wᵀ + bias, with W in its stored type: a PyTorch
     /// Linear on `rows` rows at once. Up to `matvecRows` rows read each weight row once
-    /// for all of them (decode, batched decode); more rows go to the matrix–matrix
-    /// `linear` (prefill, scoring: OpenBLAS's sgemm where it fits the CPU): f32 weights
-    /// as they are, the others widened a tile at a time.
+    /// for all of them (decode, batched decode); more rows (prefill, scoring) go to
+    /// OpenBLAS's sgemm, f32 weights as they are, the others widened a tile at a time —
+    /// except where OpenBLAS's kernels are narrower than the CPU's (`blasFits`): there the
+    /// matrix–vector kernel takes every row count (W a block at a time in L2 against all
+    /// rows of x, ~85 % of a native sgemm's speed), and q8 still widens a tile, so that
+    /// x is not quantised.
     /// Rows of x and y may be strided (`xStride` ≥ in, `yStride` ≥ out).
     public static func linear(
         _ x: UnsafePointer<Float>, rows m: Int, xStride: Int? = nil, weight w: WeightMatrix, bias: UnsafePointer<Float>?,
@@ -77,7 +80,7 @@ extension Kernels {
     ) {
         let lx = xStride ?? w.cols, ly = yStride ?? w.rows
         guard m > 0, w.rows > 0 else { return }
-        if m <= matvecRows {
+        if m <= matvecRows || (w.type != .q8 && !blasFits(level)) {
             matvec(x, rows: m, xStride: lx, weight: w, bias: bias, into: y, yStride: ly, accumulate: accumulate)
         } else if w.type == .f32 {
             linear(
@@ -126,8 +129,8 @@ extension Kernels {
     /// per-call packing of x is a few % of the product, small next to any model).
     static let tileFloats = 1 << 20
 
-    /// A tile of W's rows widened to f32 (split over the threads), then the f32 `linear`
-    /// on the tile, tile after tile: the matrix–matrix product at about f32 speed with
+    /// A tile of W's rows widened to f32 (split over the threads), then the product with
+    /// the f32 tile (`linear`), tile after tile: the matrix–matrix product at about f32 speed with
     /// only a tile of f32 weights in memory. (`tileRows`: for tests, to cross tiles.)
     static func tiled(
         _ x: UnsafePointer<Float>, rows m: Int, xStride lx: Int, weight w: WeightMatrix, bias: UnsafePointer<Float>?,
@@ -144,8 +147,8 @@ extension Kernels {
                 msgen_widen(level, w.type.code, part.data + r.lowerBound * rb, rb, k, r.count, scratch + r.lowerBound * k)
             }
             linear(
-                x, rows: m, in: k, xStride: lx, weight: scratch, out: t, bias: bias.map { $0 + j }, into: y + j, yStride: ly,
-                accumulate: accumulate)
+                x, rows: m, xStride: lx, weight: WeightMatrix(type: .f32, data: scratch, rows: t, cols: k), bias: bias.map { $0 + j },
+                into: y + j, yStride: ly, accumulate: accumulate)
             j += t
         }
     }
