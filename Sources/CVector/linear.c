@@ -427,6 +427,10 @@ void msgen_matvec(int level, int type, const void *w, long row_bytes, long k, lo
     level = usable(level);
     long block = row_block(row_bytes);
     long passes = (nx + 7) / 8;
+    /* One row of x over more than 1 MB of rows (this thread's share of a mid-size model's
+       matrix; the bundled 4 M-parameter models' matrices are 1 MB at most, and live in
+       the L3 cache): the rows come from memory, and each asks for the weights 8 KB on. */
+    long ahead = nx == 1 && (j1 - j0) * row_bytes > (1L << 20) ? 8192 : 0;
     for (long jb = j0; jb < j1; jb += block) {
         long je = j1 - jb < block ? j1 : jb + block;
         /* With two or more passes over a block, the next block's weights are prefetched into
@@ -442,10 +446,10 @@ void msgen_matvec(int level, int type, const void *w, long row_bytes, long k, lo
             const char *pf = next + next_bytes * p / passes;
             long pf_bytes = next_bytes * (p + 1) / passes - next_bytes * p / passes;
 #if defined(__x86_64__)
-            if (level >= MSGEN_LEVEL_AVX512) { matvec_avx512(type, w, row_bytes, k, jb, je, xr, ldx, n, bias, yr, ldy, accumulate, pf, pf_bytes); continue; }
-            if (level >= MSGEN_LEVEL_AVX2) { matvec_avx2(type, w, row_bytes, k, jb, je, xr, ldx, n, bias, yr, ldy, accumulate, pf, pf_bytes); continue; }
+            if (level >= MSGEN_LEVEL_AVX512) { matvec_avx512(type, w, row_bytes, k, jb, je, xr, ldx, n, bias, yr, ldy, accumulate, pf, pf_bytes, ahead); continue; }
+            if (level >= MSGEN_LEVEL_AVX2) { matvec_avx2(type, w, row_bytes, k, jb, je, xr, ldx, n, bias, yr, ldy, accumulate, pf, pf_bytes, ahead); continue; }
 #endif
-            matvec_base(type, w, row_bytes, k, jb, je, xr, ldx, n, bias, yr, ldy, accumulate, pf, pf_bytes);
+            matvec_base(type, w, row_bytes, k, jb, je, xr, ldx, n, bias, yr, ldy, accumulate, pf, pf_bytes, ahead);
         }
     }
 }

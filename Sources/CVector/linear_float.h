@@ -83,17 +83,20 @@ INLINE void NAME(mv_block)(int type, const char *w, long rb, long k, long j, con
    row so that the FMA latency does not set the pace when W is in cache. One row at a
    time, not four: reading four rows side by side (four streams 3 or 6 KB apart) ran at
    40 % of this machine's sequential read bandwidth from DRAM (AMD EPYC, GPT-2-small layer
-   set, f16), one row at a time at 75–85 %, twice as fast. f16 and bf16 rows ask for the
-   weights 8 KB ahead into L2 first: with two bytes a weight the loop spends twice the
-   work per byte, and the CPU's own prefetchers fell behind (GPT-2-small's 49 decode
-   matrices in f16, C harness, Emerald Rapids VM, alternating: 66–74 % of the read probe
-   without, 82–84 % with; f32 gained nothing). A prefetch never faults, so reading past
-   the matrix's end is harmless. */
+   set, f16), one row at a time at 75–85 %, twice as fast. Each row first asks for the
+   weights 8 KB ahead into L2: the CPU's own prefetchers fell behind, most with f16 and
+   bf16, where the loop spends twice the work per byte (GPT-2-small's 49 decode matrices
+   in f16, C harness, Emerald Rapids VM, alternating: 66–74 % of the read probe without,
+   82–84 % with; `msgen bench` f16 at 1 thread 33–35 → 38–46 tok/s, f32 at 2 threads
+   27–41 → 39–47, at 1 thread 20–25 → 21–24). Only where the rows stream from memory
+   (`ahead` > 0): weights that stay in the L3 cache gained nothing and paid the
+   instructions (the bundled CST, 1 KB rows: 10 % slower). A prefetch never faults, so
+   asking past the matrix's end is harmless. */
 INLINE void NAME(mv_row)(int type, const char *w, long rb, long k, long j, const float *x, const float *bias, float *y,
-                         int accumulate) {
+                         int accumulate, long ahead) {
     const char *row = w + j * rb;
-    if (type != MSGEN_WEIGHT_F32)
-        for (long o = 0; o < rb; o += 64) __builtin_prefetch(row + 8192 + o, 0, 2);
+    if (ahead > 0)
+        for (long o = 0; o < rb; o += 64) __builtin_prefetch(row + ahead + o, 0, 2);
     VF a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
     long i = 0;
     for (; i + 4 * VW <= k; i += 4 * VW) {
@@ -111,9 +114,9 @@ INLINE void NAME(mv_row)(int type, const char *w, long rb, long k, long j, const
    RW·NX accumulators, RW weight vectors and one x vector fit the 16 registers of AVX2
    (one row of x: mv_row, one weight row at a time). The pf_bytes at pf (weights a later
    pass will read) are prefetched into L2 spread over the groups of rows, a few lines
-   before each. */
+   before each; one row of x asks for the weights `ahead` bytes on instead (0: not). */
 INLINE void NAME(mv)(int type, const char *w, long rb, long k, long j0, long j1, const float *x, long ldx, long nx,
-                     const float *bias, float *y, long ldy, int accumulate, const char *pf, long pf_bytes) {
+                     const float *bias, float *y, long ldy, int accumulate, const char *pf, long pf_bytes, long ahead) {
 #if VW == 16
 /* AVX-512's 32 registers hold 3·8 accumulators, 3 weight vectors and an x vector: each x
    vector loaded once for three weight rows (batched decode's 5–8 rows of x at a time). */
@@ -134,7 +137,7 @@ INLINE void NAME(mv)(int type, const char *w, long rb, long k, long j0, long j1,
     break;
     switch (nx) {
     case 1:
-        for (long j = j0; j < j1; j++) NAME(mv_row)(type, w, rb, k, j, x, bias, y, accumulate);
+        for (long j = j0; j < j1; j++) NAME(mv_row)(type, w, rb, k, j, x, bias, y, accumulate, ahead);
         break;
     case 2: MV(2, 4)
     case 3: MV(3, 2)
@@ -149,11 +152,12 @@ INLINE void NAME(mv)(int type, const char *w, long rb, long k, long j0, long j1,
 }
 
 static void NAME(matvec)(int type, const char *w, long rb, long k, long j0, long j1, const float *x, long ldx, long nx,
-                         const float *bias, float *y, long ldy, int accumulate, const char *pf, long pf_bytes) {
+                         const float *bias, float *y, long ldy, int accumulate, const char *pf, long pf_bytes,
+                         long ahead) {
     switch (type) {
-    case MSGEN_WEIGHT_F32: NAME(mv)(MSGEN_WEIGHT_F32, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate, pf, pf_bytes); break;
-    case MSGEN_WEIGHT_F16: NAME(mv)(MSGEN_WEIGHT_F16, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate, pf, pf_bytes); break;
-    case MSGEN_WEIGHT_BF16: NAME(mv)(MSGEN_WEIGHT_BF16, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate, pf, pf_bytes); break;
+    case MSGEN_WEIGHT_F32: NAME(mv)(MSGEN_WEIGHT_F32, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate, pf, pf_bytes, ahead); break;
+    case MSGEN_WEIGHT_F16: NAME(mv)(MSGEN_WEIGHT_F16, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate, pf, pf_bytes, ahead); break;
+    case MSGEN_WEIGHT_BF16: NAME(mv)(MSGEN_WEIGHT_BF16, w, rb, k, j0, j1, x, ldx, nx, bias, y, ldy, accumulate, pf, pf_bytes, ahead); break;
     }
 }
 
