@@ -258,9 +258,16 @@ def llama_server(gguf, args):
     return Server("llama.cpp", cmd, port)
 
 
-def kernels_line(kind):
-    if kind == "msgen":
-        return "msgen: its own kernels (level chosen at run time; `msgen bench` prints it), OpenBLAS sgemm for prefill"
+def kernels_line(kind, binary=None, model=None, threads=None):
+    if kind == "msgen":  # what this binary picks on this CPU, from a one-token `msgen bench`
+        cmd = [binary, "bench", "--model", model, "--context", "1", "--repetitions", "1", "--decode-tokens", "1", "--json"]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        try:
+            d = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+            return f"msgen: {d['cpu_kernels']} kernels, products by {d['matrix_products']}, threads {d['threads']:.0f}"
+        except (subprocess.CalledProcessError, ValueError, KeyError) as e:  # informative only
+            return f"msgen: (kernels unavailable: {e})"
     try:
         import llama_cpp
         return "llama.cpp: " + llama_cpp.llama_print_system_info().decode().strip()
@@ -325,7 +332,7 @@ def main():
                 servers.append(llama_server(gguf, args))
             if not args.json:
                 for s in servers:
-                    print(kernels_line(s.kind), flush=True)
+                    print(kernels_line(s.kind, binary, model, args.threads), flush=True)
             top = max(args.levels)
             prompts = prompts_of(servers[0], text, top, args.prompt_tokens) if args.prompt_tokens else [args.prompt] * top
             for n in args.levels:
