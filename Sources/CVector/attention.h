@@ -36,6 +36,14 @@ INLINE float NAME(dot2)(const float *a, const float *b, const float *c, long n) 
     return s;
 }
 
+/* Window row j's row of the cache: (first + j) mod ring, or first + j with ring 0. */
+INLINE long NAME(ring_row)(long ring, long first, long j) { return ring > 0 ? (first + j) % ring : first + j; }
+
+/* A row of n floats asked into L1. */
+INLINE void NAME(prefetch_row)(const float *p, long n) {
+    for (long o = 0; o < n; o += 16) __builtin_prefetch(p + o, 0, 3);
+}
+
 /* Rows [j0, j1), every head: the scores of a row for all heads (one pass over the key
    row), each head's max and Σ e^(s − max) (the scores become those exponentials), then
    the value rows weighted by them (one pass over each value row). Row j is row
@@ -46,12 +54,20 @@ static void NAME(attend_rows)(const float *q, const float *keys, long ks, const 
                               long first, const float *key_add, long kas, long j0, long j1, long H, long dh,
                               float scale, float *scores, float *out, float *m, float *l) {
     long n = j1 - j0;
+    /* A short window (at most 512 KB of keys) asks for the rows 16 ahead of each pass: a
+       batched step attends over many sequences' short caches in turn, each pass a new
+       stream from memory that the CPU's prefetchers only pick up after some rows (the
+       baseline's 64-sequence step at depth 128, Emerald Rapids VM, seven alternating
+       runs: median 17.0 → 15.7 ms). A long window is one long stream they follow, and there the asking
+       only cost instructions (GPT-2-small q8 at depth 1,024: 54–58 → 47–52 tok/s). */
+    long ahead = n * H * dh <= (128L << 10) ? 16 : 0;
     memset(out, 0, (size_t)(H * dh) * sizeof(float));
     for (long h = 0; h < H; h++) m[h] = -__builtin_inff(), l[h] = 0;
     if (n <= 0) return;
     for (long j = 0; j < n; j++) {
-        long row = ring > 0 ? (first + j0 + j) % ring : first + j0 + j;
+        long row = NAME(ring_row)(ring, first, j0 + j);
         const float *k = keys + row * ks;
+        if (ahead && j + ahead < n) NAME(prefetch_row)(keys + NAME(ring_row)(ring, first, j0 + j + ahead) * ks, H * dh);
         if (key_add) {
             const float *ka = key_add + (j0 + j) * kas;
             for (long h = 0; h < H; h++) scores[h * n + j] = NAME(dot2)(q + h * dh, k + h * dh, ka + h * dh, dh) * scale;
@@ -64,8 +80,9 @@ static void NAME(attend_rows)(const float *q, const float *keys, long ks, const 
         l[h] = msgen_exp_sum(scores + h * n, n, m[h]);
     }
     for (long j = 0; j < n; j++) {
-        long row = ring > 0 ? (first + j0 + j) % ring : first + j0 + j;
+        long row = NAME(ring_row)(ring, first, j0 + j);
         const float *v = values + row * vs;
+        if (ahead && j + ahead < n) NAME(prefetch_row)(values + NAME(ring_row)(ring, first, j0 + j + ahead) * vs, H * dh);
         for (long h = 0; h < H; h++) NAME(axpy)(scores[h * n + j], v + h * dh, out + h * dh, dh);
     }
 }
